@@ -1,0 +1,1 @@
+from lavis_lite.datasets import builders  # noqa: F401

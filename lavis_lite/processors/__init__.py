@@ -1,0 +1,1 @@
+from lavis_lite.processors.base_processor import BaseProcessor  # noqa: F401

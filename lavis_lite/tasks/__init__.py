@@ -1,0 +1,1 @@
+from lavis_lite.tasks.base_task import BaseTask  # noqa: F401
