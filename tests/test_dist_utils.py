@@ -1,0 +1,66 @@
+"""Distributed helpers in one process; cached-file resolution offline."""
+import hashlib
+import logging
+
+import pytest
+
+import lavis_lite  # noqa: F401
+from lavis_lite.common import dist_utils
+from lavis_lite.common.logger import MetricLogger, SmoothedValue, setup_logger
+
+
+def test_single_process_defaults(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = dist_utils.init_distributed_mode()
+    assert info == {"rank": 0, "world_size": 1, "local_rank": 0, "distributed": False}
+    assert dist_utils.get_rank() == 0 and dist_utils.get_world_size() == 1
+    assert dist_utils.is_main_process() and not dist_utils.is_dist_avail_and_initialized()
+
+    @dist_utils.main_process
+    def f(x):
+        return x * 2
+
+    assert f(3) == 6
+
+
+def test_download_cached_file_local_and_file_url(tmp_path):
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"abc")
+    assert dist_utils.download_cached_file(str(p)) == str(p)
+    assert dist_utils.download_cached_file(p.as_uri()) == str(p)
+    md5 = hashlib.md5(b"abc").hexdigest()
+    assert dist_utils.download_cached_file(str(p), md5=md5) == str(p)
+    with pytest.raises(ValueError, match="md5 mismatch"):
+        dist_utils.download_cached_file(str(p), md5="0" * 32)
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        dist_utils.download_cached_file(str(tmp_path / "nope.bin"))
+
+
+def test_cached_url_is_used_without_network(tmp_path):
+    url = "https://example.invalid/models/eva_vit_g.pth"
+    cached = dist_utils.cached_path_for_url(url, cache_dir=str(tmp_path))
+    open(cached, "wb").write(b"weights")
+    assert dist_utils.download_cached_file(url, cache_dir=str(tmp_path)) == cached
+
+
+def test_metric_logger_and_smoothed_value(tmp_path):
+    v = SmoothedValue(window_size=2)
+    for x in (1.0, 2.0, 6.0):
+        v.update(x)
+    assert v.global_avg == pytest.approx(3.0) and v.avg == pytest.approx(4.0) and v.value == 6.0
+    ml = MetricLogger()
+    ml.update(loss=2.0)
+    ml.update(loss=4.0)
+    assert ml.loss.global_avg == pytest.approx(3.0)
+    assert "loss" in ml.global_avg()
+    log_file = tmp_path / "log.txt"
+    logger = setup_logger(str(log_file))
+    list(ml.log_every(range(3), print_freq=1, header="Train", logger=logger))
+    for h in logger.handlers:
+        h.flush()
+    assert "Train" in log_file.read_text()
+    for h in list(logger.handlers):
+        if isinstance(h, logging.FileHandler):
+            logger.removeHandler(h)
+            h.close()
