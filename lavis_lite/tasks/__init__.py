@@ -1,1 +1,2 @@
 from lavis_lite.tasks.base_task import BaseTask  # noqa: F401
+from lavis_lite.tasks import image_text_pretrain, instruction_tuning  # noqa: F401

@@ -1,0 +1,85 @@
+"""Tasks: train_step contract, loss-based evaluation metrics, save_result merging over 2 ranks."""
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import lavis_lite  # noqa: F401  (registers the tasks)
+from lavis_lite.common.registry import registry
+from lavis_lite.tasks.base_task import BaseTask, batch_size, move_to_device
+
+
+class _Model(torch.nn.Module):
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, samples):
+        return self.out
+
+
+def test_task_names_registered():
+    for name in ("image_text_pretrain", "deepspeed_image_text_pretrain", "instruction_tuning"):
+        assert issubclass(registry.get_task_class(name), BaseTask)
+
+
+def test_train_step_rejects_model_without_n_tokens():
+    with pytest.raises(TypeError, match="n_tokens"):
+        BaseTask().train_step(_Model({"loss": torch.tensor(1.0)}), {})
+
+
+def test_loss_based_evaluation_is_token_weighted():
+    task = BaseTask()
+    outs = iter([{"loss": torch.tensor(1.0), "n_tokens": 1, "n_correct": 1},
+                 {"loss": torch.tensor(4.0), "n_tokens": 3, "n_correct": 0}])
+
+    class M(torch.nn.Module):
+        def forward(self, samples):
+            return next(outs)
+
+    result = task.evaluation(M(), [{"x": torch.zeros(1)}, {"x": torch.zeros(1)}])
+    metrics = task.after_evaluation(result, "val", 0)
+    assert metrics["loss"] == pytest.approx((1.0 + 12.0) / 4)
+    assert metrics["token_acc"] == pytest.approx(0.25)
+    assert metrics["agg_metrics"] == pytest.approx(0.25)
+
+
+def test_instruction_tuning_requires_token_accuracy():
+    task = registry.get_task_class("instruction_tuning")()
+    with pytest.raises(KeyError, match="n_correct"):
+        task.valid_step(_Model({"loss": torch.tensor(1.0), "n_tokens": 2}), {})
+
+
+def test_batch_size_and_move_to_device():
+    assert batch_size({"n_images": [1, 0, 2], "image": torch.zeros(3, 3, 4, 4)}) == 3
+    assert batch_size({"image": torch.zeros(5, 3, 4, 4)}) == 5
+    moved = move_to_device({"a": [torch.zeros(1)], "b": ["x"]}, "cpu")
+    assert moved["b"] == ["x"] and isinstance(moved["a"][0], torch.Tensor)
+
+
+def _save_result_worker(rank, world, init_file, result_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        records = [{"instance_id": i, "rank": rank} for i in (rank, 2)]  # id 2 appears on both ranks
+        path = BaseTask.save_result(records, result_dir, "val_epoch0", remove_duplicate="instance_id")
+        with open(path) as f:
+            merged = json.load(f)
+        assert sorted(r["instance_id"] for r in merged) == [0, 1, 2]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_save_result_merges_two_ranks(tmp_path):
+    mp.spawn(_save_result_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "result")), nprocs=2)
+    files = sorted(os.listdir(tmp_path / "result"))
+    assert files == ["val_epoch0.json", "val_epoch0_rank0.json", "val_epoch0_rank1.json"]
+
+
+def test_save_result_single_process_without_dedup(tmp_path):
+    path = BaseTask.save_result([{"a": 1}, {"a": 1}], str(tmp_path), "r")
+    assert json.load(open(path)) == [{"a": 1}, {"a": 1}]
+    with pytest.raises(KeyError, match="instance_id"):
+        BaseTask.save_result([{"a": 1}], str(tmp_path), "r2", remove_duplicate="instance_id")
