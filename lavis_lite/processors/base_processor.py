@@ -19,3 +19,11 @@ class BaseProcessor:
 
     def build(self, **kwargs):
         return self.from_config(OmegaConf.create(kwargs))
+
+
+def cfg_get(cfg, key, default):
+    """``cfg.get(key, default)`` for a DictConfig, a dict or None."""
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value

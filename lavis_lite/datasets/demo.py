@@ -1,0 +1,304 @@
+"""Bundled demo data: small images of coloured shapes with exact questions, answers and captions.
+
+    python -m lavis_lite.datasets.demo --out DIR [--n 4000 --seed 0 --size 32 --shards 4]
+
+Writes (layout of docs/contracts.md):
+    DIR/images/<split>/*.png
+    DIR/instruction/<split>.json     MiniGPT4-Qwen format + "question_type" + drawn "params"
+    DIR/llava/<split>.json           the same records as LLaVA conversations
+    DIR/caption/<split>.json         Karpathy format (train: one record per caption; val/test: per image)
+    DIR/caption/<split>_gt.json      COCO caption ground truth (pycocoevalcap)
+    DIR/vqa/<split>.json             single-image questions, COCO-VQA style
+    DIR/shards/<split>-NNNNNN.tar    webdataset shards of the instruction records (N.png + json)
+
+Most records show ONE large, roughly centred shape on a plain background and ask its colour or
+shape (learnable by a tiny model in minutes on CPU, see issue 11); count, position, describe,
+two-image comparison and multi-turn records are a minority. Every record keeps the drawn
+parameters so answers can be re-derived. Same --seed, same files.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import tarfile
+import time
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40)}
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("left", "right", "top", "bottom")
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+# Share of records per kind; colour and shape dominate on purpose.
+QUESTION_MIX = {"colour": 0.30, "shape": 0.30, "multi": 0.06, "count": 0.08, "position": 0.08,
+                "describe": 0.08, "compare": 0.10}
+QUESTIONS = {
+    "colour": ("What colour is the shape?", "What is the colour of the shape?"),
+    "shape": ("What shape is this?", "What shape is in the image?"),
+    "count": ("How many shapes are there?",),
+    "position": ("Where is the shape?",),
+    "describe": ("Describe the image.",),
+    "compare_shape": ("Do the two images show the same shape?",),
+    "compare_colour": ("Do the two images show the same colour?",),
+}
+SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest is train
+TAG = "<ImageHere>"
+
+
+# ---- drawing ----------------------------------------------------------------------------------
+def draw_image(params: dict, size: int) -> Image.Image:
+    img = Image.new("RGB", (size, size), BACKGROUNDS[params["background"]])
+    draw = ImageDraw.Draw(img)
+    for s in params["shapes"]:
+        cx, cy, half, fill = s["cx"], s["cy"], s["size"] / 2, COLOURS[s["colour"]]
+        box = [cx - half, cy - half, cx + half, cy + half]
+        if s["shape"] == "circle":
+            draw.ellipse(box, fill=fill)
+        elif s["shape"] == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+    return img
+
+
+def _shape(rng, shape, colour, cx, cy, size):
+    return {"shape": shape or rng.choice(SHAPES), "colour": colour or rng.choice(list(COLOURS)),
+            "cx": int(cx), "cy": int(cy), "size": int(size)}
+
+
+def single_params(rng: random.Random, S: int, shape=None, colour=None) -> dict:
+    """One large shape near the centre."""
+    jitter = max(1, round(0.08 * S))
+    size = rng.randint(round(0.55 * S), round(0.75 * S))
+    cx, cy = S // 2 + rng.randint(-jitter, jitter), S // 2 + rng.randint(-jitter, jitter)
+    return {"background": rng.choice(list(BACKGROUNDS)), "shapes": [_shape(rng, shape, colour, cx, cy, size)]}
+
+
+def count_params(rng: random.Random, S: int) -> dict:
+    """1-3 copies of one shape in distinct quadrants (never overlapping)."""
+    n = rng.randint(1, 3)
+    shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
+    slots = rng.sample([(S // 4, S // 4), (3 * S // 4, S // 4), (S // 4, 3 * S // 4), (3 * S // 4, 3 * S // 4)], n)
+    size = max(3, round(0.34 * S))
+    return {"background": rng.choice(list(BACKGROUNDS)),
+            "shapes": [_shape(rng, shape, colour, x, y, size) for x, y in slots]}
+
+
+def position_params(rng: random.Random, S: int) -> dict:
+    where = rng.choice(POSITIONS)
+    x, y = {"left": (S // 4, S // 2), "right": (3 * S // 4, S // 2),
+            "top": (S // 2, S // 4), "bottom": (S // 2, 3 * S // 4)}[where]
+    return {"background": rng.choice(list(BACKGROUNDS)),
+            "shapes": [_shape(rng, None, None, x, y, max(3, round(0.38 * S)))]}
+
+
+# ---- answers (pure functions of the drawn parameters; tests re-derive them) -------------------
+def position_of(params: dict, S: int) -> str:
+    s = params["shapes"][0]
+    dx, dy = s["cx"] - S / 2, s["cy"] - S / 2
+    if abs(dx) >= abs(dy):
+        return "left" if dx < 0 else "right"
+    return "top" if dy < 0 else "bottom"
+
+
+def caption_of(params: dict, S: int, variant: int = 0) -> str:
+    shapes, bg = params["shapes"], params["background"]
+    n, s = len(shapes), shapes[0]
+    noun = f"{s['colour']} {s['shape']}" + ("s" if n > 1 else "")
+    subject = f"a {noun}" if n == 1 else f"{NUMBER_WORDS[n]} {noun}"
+    where = ""
+    if n == 1 and s["size"] < 0.5 * S:  # a small single shape is a position image
+        where = f" on the {position_of(params, S)}"
+    if variant == 0:
+        return f"{subject}{where} on a {bg} background."
+    return f"a picture of {subject}{where}."
+
+
+def answer_of(kind: str, params: list[dict], S: int) -> str:
+    first = params[0]["shapes"][0]
+    if kind == "colour":
+        return first["colour"]
+    if kind == "shape":
+        return first["shape"]
+    if kind == "count":
+        return str(len(params[0]["shapes"]))
+    if kind == "position":
+        return position_of(params[0], S)
+    if kind == "describe":
+        return caption_of(params[0], S, 0)
+    if kind in ("compare_shape", "compare_colour"):
+        key = kind.split("_")[1]
+        return "yes" if params[0]["shapes"][0][key] == params[1]["shapes"][0][key] else "no"
+    raise ValueError(f"unknown question kind {kind!r}")
+
+
+# ---- records ----------------------------------------------------------------------------------
+def make_record(rng: random.Random, kind: str, S: int) -> dict:
+    """Drawn parameters plus the question turns ``[(question kind, question text), ...]``."""
+    if kind == "compare":
+        sub = rng.choice(("compare_shape", "compare_colour"))
+        a = single_params(rng, S)
+        same = rng.random() < 0.5
+        key = sub.split("_")[1]
+        other = a["shapes"][0][key] if same else rng.choice(
+            [v for v in (SHAPES if key == "shape" else list(COLOURS)) if v != a["shapes"][0][key]])
+        b = single_params(rng, S, **{key: other})
+        return {"params": [a, b], "turns": [(sub, rng.choice(QUESTIONS[sub]))], "question_type": "compare"}
+    if kind == "count":
+        params = count_params(rng, S)
+    elif kind == "position":
+        params = position_params(rng, S)
+    else:
+        params = single_params(rng, S)
+    if kind == "multi":
+        turns = [("colour", rng.choice(QUESTIONS["colour"])), ("shape", rng.choice(QUESTIONS["shape"]))]
+        if rng.random() < 0.5:
+            turns.reverse()
+        return {"params": [params], "turns": turns, "question_type": turns[-1][0]}
+    return {"params": [params], "turns": [(kind, rng.choice(QUESTIONS[kind]))], "question_type": kind}
+
+
+def _split_sizes(n: int) -> dict[str, int]:
+    sizes = {s: max(1, round(f * n)) for s, f in SPLIT_FRACTIONS.items()}
+    sizes = {"train": n - sum(sizes.values()), **sizes}
+    if sizes["train"] < 1:
+        raise ValueError(f"--n {n} is too small for train/val/test splits")
+    return sizes
+
+
+def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4) -> dict:
+    """Write the demo data set under ``out``; returns {split: number of instruction records}."""
+    if size < 16:
+        raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    rng = random.Random(seed)
+    kinds, weights = list(QUESTION_MIX), list(QUESTION_MIX.values())
+    counts, image_id, question_id = {}, 0, 0
+    for split, n_split in _split_sizes(n).items():
+        img_dir = os.path.join(out, "images", split)
+        os.makedirs(img_dir, exist_ok=True)
+        instr, llava, cap_train, cap_eval, vqa, gt_images, gt_anns, shard_items = [], [], [], [], [], [], [], []
+        for r in range(n_split):
+            rec = make_record(rng, rng.choices(kinds, weights)[0], size)
+            rid = f"{split}_{r:06d}"
+            rel_paths = []
+            for k, params in enumerate(rec["params"]):
+                suffix = "" if len(rec["params"]) == 1 else f"_{'ab'[k]}"
+                rel = f"{split}/{r:06d}{suffix}.png"
+                buf = io.BytesIO()
+                draw_image(params, size).save(buf, format="PNG")
+                with open(os.path.join(out, "images", rel), "wb") as f:
+                    f.write(buf.getvalue())
+                rel_paths.append(rel)
+                shard_items.append((rid, k, buf.getvalue()))
+                # Every drawn image is also a caption sample.
+                caps = [caption_of(params, size, v) for v in (0, 1)]
+                cap_train += [{"image": rel, "caption": c, "image_id": image_id} for c in caps]
+                cap_eval.append({"image": rel, "caption": caps, "image_id": image_id})
+                gt_images.append({"id": image_id, "file_name": rel})
+                gt_anns += [{"image_id": image_id, "id": len(gt_anns) + j, "caption": c} for j, c in enumerate(caps)]
+                image_id += 1
+            tags = TAG * len(rel_paths)
+            questions = [q for _, q in rec["turns"]]
+            answers = [answer_of(k, rec["params"], size) for k, _ in rec["turns"]]
+            image_field = rel_paths[0] if len(rel_paths) == 1 else rel_paths
+            extra = {"question_type": rec["question_type"], "params": rec["params"],
+                     "turn_types": [k for k, _ in rec["turns"]]}
+            one = len(questions) == 1
+            instr.append({"id": rid, "image": image_field,
+                          "instruction": f"{tags} {questions[0]}" if one else [f"{tags} {questions[0]}"] + questions[1:],
+                          "output": answers[0] if one else answers, **extra})
+            conv = []
+            for t, (q, a) in enumerate(zip(questions, answers)):
+                conv += [{"from": "human", "value": ("<image>\n" * len(rel_paths) if t == 0 else "") + q},
+                         {"from": "gpt", "value": a}]
+            llava.append({"id": rid, "image": image_field, "conversations": conv, **extra})
+            if len(rel_paths) == 1:
+                for (k, q), a in zip(rec["turns"], answers):
+                    vqa.append({"question_id": question_id, "image": rel_paths[0], "question": q,
+                                "answer": [a], "question_type": k})
+                    question_id += 1
+        _dump(os.path.join(out, "instruction", f"{split}.json"), instr)
+        _dump(os.path.join(out, "llava", f"{split}.json"), llava)
+        _dump(os.path.join(out, "caption", f"{split}.json"), cap_train if split == "train" else cap_eval)
+        _dump(os.path.join(out, "caption", f"{split}_gt.json"),
+              {"info": {"description": "lavis_lite demo shapes"}, "licenses": [], "type": "captions",
+               "images": gt_images, "annotations": gt_anns})
+        _dump(os.path.join(out, "vqa", f"{split}.json"), vqa)
+        _write_shards(os.path.join(out, "shards"), split, instr, shard_items, n_shards if split == "train" else 1, size)
+        counts[split] = n_split
+    return counts
+
+
+def _dump(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def _write_shards(shard_dir: str, split: str, records: list[dict], items, n_shards: int, size: int) -> None:
+    """Each sample: ``<id>.<k>.png`` per image and ``<id>.json`` (the record without paths, plus
+    the caption of its first image)."""
+    os.makedirs(shard_dir, exist_ok=True)
+    images: dict[str, list[bytes]] = {}
+    for rid, _k, data in items:
+        images.setdefault(rid, []).append(data)
+    n_shards = max(1, min(n_shards, len(records)))
+    for s in range(n_shards):
+        with tarfile.open(os.path.join(shard_dir, f"{split}-{s:06d}.tar"), "w") as tar:
+            for rec in records[s::n_shards]:
+                meta = {k: v for k, v in rec.items() if k != "image"}
+                meta["caption"] = caption_of(rec["params"][0], size, 0)
+                members = [(f"{rec['id']}.{k}.png", b) for k, b in enumerate(images[rec["id"]])]
+                members.append((f"{rec['id']}.json", json.dumps(meta).encode()))
+                for name, data in members:
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+
+
+def write_preview(data_dir: str, path: str, split: str = "train", n: int = 8, scale: int = 4) -> None:
+    """A picture of the first ``n`` records with their question and answer (for the README)."""
+    with open(os.path.join(data_dir, "instruction", f"{split}.json")) as f:
+        records = json.load(f)[:n]
+    cell_w, text_h = 48 * scale, 34
+    sheet = Image.new("RGB", (cell_w * len(records), cell_w + text_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i, rec in enumerate(records):
+        paths = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+        w = cell_w // len(paths)
+        for k, p in enumerate(paths):
+            img = Image.open(os.path.join(data_dir, "images", p)).convert("RGB")
+            x, y = i * cell_w + k * w + 2, 2 + (cell_w - w) // 2
+            sheet.paste(img.resize((w - 4, w - 4), Image.NEAREST), (x, y))
+            draw.rectangle([x - 1, y - 1, x + w - 4, y + w - 4], outline=(90, 90, 90))
+        q = rec["instruction"] if isinstance(rec["instruction"], str) else rec["instruction"][-1]
+        a = rec["output"] if isinstance(rec["output"], str) else rec["output"][-1]
+        q = q.replace(TAG, "").strip()
+        draw.text((i * cell_w + 4, cell_w + 2), q[:32], fill=(0, 0, 0))
+        draw.text((i * cell_w + 4, cell_w + 17), ("-> " + a)[:32], fill=(180, 0, 0))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sheet.save(path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="data/demo", help="output folder (default data/demo)")
+    parser.add_argument("--n", type=int, default=4000, help="instruction records over all splits")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--shards", type=int, default=4, help="webdataset shards for train")
+    parser.add_argument("--preview", default=None, help="also write a PNG of a few samples here")
+    args = parser.parse_args(argv)
+    start = time.time()
+    counts = generate(args.out, n=args.n, seed=args.seed, size=args.size, n_shards=args.shards)
+    if args.preview:
+        write_preview(args.out, args.preview)
+    print(f"demo data in {args.out}: {counts} records, {time.time() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
