@@ -1,0 +1,93 @@
+"""Padding to the longest sample gives the loss of padding to max_txt_len; length-grouped sampler."""
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
+from lavis_lite.models.packing import IGNORE_INDEX, pad_sequences
+
+
+def tiny_qwen2():
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def test_pad_to_longest_equals_pad_to_max_loss_and_grads():
+    """Tolerance: 1e-5 absolute on the float32 loss, 1e-5 on the gradients."""
+    model = tiny_qwen2()
+    g = torch.Generator().manual_seed(0)
+    lengths = [5, 17, 11, 3]
+    ids = [torch.randint(0, 97, (n,), generator=g) for n in lengths]
+    labels = []
+    for x in ids:
+        y = x.clone()
+        y[: len(x) // 2] = IGNORE_INDEX
+        labels.append(y)
+    results = {}
+    for name, pad_to in (("longest", None), ("max", 64)):
+        embeds = [model.get_input_embeddings()(x).detach().requires_grad_(True) for x in ids]
+        x, y, m = pad_sequences(embeds, labels, pad_to=pad_to)
+        assert x.shape[1] == (max(lengths) if pad_to is None else pad_to)
+        assert m.sum(1).tolist() == lengths  # the mask comes from lengths
+        loss = model(inputs_embeds=x, attention_mask=m, labels=y).loss
+        loss.backward()
+        results[name] = (loss.detach(), [e.grad for e in embeds])
+    assert abs(results["longest"][0].item() - results["max"][0].item()) <= 1e-5
+    for a, b in zip(results["longest"][1], results["max"][1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_pad_to_errors_and_multiple():
+    e = [torch.zeros(7, 4)]
+    l = [torch.zeros(7, dtype=torch.long)]
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        pad_sequences(e, l, pad_to=5)
+    x, _, _ = pad_sequences(e, l, pad_to_multiple_of=8)
+    assert x.shape == (1, 8, 4)
+
+
+def test_length_grouped_batches_are_homogeneous():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 500, (400,), generator=g).tolist()
+    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=1, mega_batch_mult=50)
+    order = list(sampler)
+    assert sorted(order) == list(range(400)) and len(sampler) == 400
+    batches = [order[i:i + 8] for i in range(0, 400, 8)]
+    grouped_waste = sum(8 * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+    perm = torch.randperm(400, generator=g).tolist()
+    random_waste = sum(8 * max(lengths[i] for i in perm[s:s + 8]) - sum(lengths[i] for i in perm[s:s + 8])
+                       for s in range(0, 400, 8))
+    assert grouped_waste < 0.25 * random_waste
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # longest batch first: OOM shows at step 0
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new order each epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == order  # and reproducible
+
+
+def test_length_grouped_is_distributed_aware():
+    lengths = list(range(1, 102))  # 101 samples, 2 ranks x batch 4 -> 13 global batches, padded to 104
+    shares = [list(LengthGroupedSampler(lengths, batch_size=4, num_replicas=2, rank=r, seed=3)) for r in range(2)]
+    assert len(shares[0]) == len(shares[1]) == 52
+    assert set(shares[0]) | set(shares[1]) == set(range(101))
+    # same step on both ranks -> similar lengths; disjoint except for the 3 padding repeats
+    assert len(set(shares[0]) & set(shares[1])) <= 3
+    for step in range(13):
+        a, b = shares[0][step * 4:(step + 1) * 4], shares[1][step * 4:(step + 1) * 4]
+        assert abs(max(lengths[i] for i in a) - max(lengths[i] for i in b)) <= 8
+    dropped = LengthGroupedSampler(lengths, batch_size=4, num_replicas=2, rank=1, drop_last=True)
+    assert len(dropped) == len(list(dropped)) == 48
+    with pytest.raises(ValueError, match="rank 2"):
+        LengthGroupedSampler(lengths, batch_size=4, num_replicas=2, rank=2)
+
+
+def test_estimate_lengths():
+    ann = [{"images": ["a.png"], "conversations": [{"from": "human", "value": "x" * 40},
+                                                   {"from": "gpt", "value": "y" * 40}]},
+           {"images": [], "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]
+    lengths = estimate_lengths(ann, num_query_token=32)
+    assert lengths[0] == 20 + 10 + 32 and lengths[1] == 1 + 10
+    with pytest.raises(KeyError, match="record 0"):
+        estimate_lengths([{"text": "x"}])
