@@ -218,6 +218,8 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
             llava.append({"id": rid, "image": image_field, "conversations": conv, **extra})
             if len(rel_paths) == 1:
                 for (k, q), a in zip(rec["turns"], answers):
+                    if k == "describe":  # VQA answers stay short
+                        continue
                     vqa.append({"question_id": question_id, "image": rel_paths[0], "question": q,
                                 "answer": [a], "question_type": k})
                     question_id += 1
