@@ -1,0 +1,176 @@
+"""Image-text retrieval evaluation (registered "retrieval"): image->text and text->image recall@1/5/10.
+
+As LAVIS's RetrievalTask: the images of the eval split are embedded once, every caption of the split
+is embedded once, the ITC similarity ranks all pairs, and (``k_test`` > 0, model with ``itm_scores``)
+the top-k candidates of each query are re-ranked by ITM logit + ITC similarity. Ground truth comes
+from the split's COCO/Karpathy-format annotation (each record: image id + one or more captions).
+Metric names follow LAVIS: txt_r1/5/10 (image->text), img_r1/5/10 (text->image), the means and
+``agg_metrics`` = txt_r_mean.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+from lavis_lite.common import dist_utils
+from lavis_lite.common.logger import MetricLogger
+from lavis_lite.common.registry import registry
+from lavis_lite.tasks.base_task import BaseTask, _unwrap, move_to_device
+
+logger = logging.getLogger(__name__)
+
+
+def recall_at_k(score_i2t: torch.Tensor, score_t2i: torch.Tensor, img2txt: list[list[int]],
+                txt2img: list[int], ks=(1, 5, 10)) -> dict:
+    """Retrieval recall in percent.
+
+    score_i2t [n_img, n_txt], score_t2i [n_txt, n_img]; img2txt[i] lists the captions of image i,
+    txt2img[t] is the image of caption t. A query's rank is the number of wrong candidates scoring
+    at least as high as its best right one (ties count against the model, so constant scores
+    do not look perfect).
+    """
+    n_img, n_txt = score_i2t.shape
+    if score_t2i.shape != (n_txt, n_img):
+        raise ValueError(f"score_t2i has shape {tuple(score_t2i.shape)}, expected {(n_txt, n_img)}")
+    if len(img2txt) != n_img or len(txt2img) != n_txt:
+        raise ValueError(f"ground truth covers {len(img2txt)} images / {len(txt2img)} texts, "
+                         f"scores {n_img} / {n_txt}")
+
+    def ranks(scores: torch.Tensor, positives: list[list[int]]) -> torch.Tensor:
+        out = torch.empty(scores.shape[0])
+        for q, pos in enumerate(positives):
+            if not pos:
+                raise ValueError(f"retrieval query {q} has no ground-truth match")
+            row = scores[q].float()
+            is_pos = torch.zeros_like(row, dtype=torch.bool)
+            is_pos[list(pos)] = True
+            best = row[is_pos].max()
+            out[q] = ((row >= best) & ~is_pos).sum()
+        return out
+
+    r_txt = ranks(score_i2t, img2txt)
+    r_img = ranks(score_t2i, [[i] for i in txt2img])
+    result = {}
+    for k in ks:
+        result[f"txt_r{k}"] = 100.0 * (r_txt < k).float().mean().item()
+        result[f"img_r{k}"] = 100.0 * (r_img < k).float().mean().item()
+    result["txt_r_mean"] = sum(result[f"txt_r{k}"] for k in ks) / len(ks)
+    result["img_r_mean"] = sum(result[f"img_r{k}"] for k in ks) / len(ks)
+    result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2
+    result["agg_metrics"] = result["txt_r_mean"]  # as LAVIS
+    return result
+
+
+def retrieval_ground_truth(dataset) -> tuple[list, list[str], list[list[int]], list[int]]:
+    """(image ids, texts, img2txt, txt2img) from a caption split's annotation records.
+
+    Records need ``caption`` (a string or a list of strings) and an image id (``image_id``, else the
+    ``image`` path). Several records of one image (one caption each) are merged.
+    """
+    records = getattr(dataset, "annotation", None)
+    if records is None:
+        raise TypeError(f"retrieval needs a dataset with an 'annotation' list; got {type(dataset).__name__}")
+    text_processor = getattr(dataset, "text_processor", None)
+    source = getattr(dataset, "ann_paths", None) or getattr(dataset, "ann_path", None) or type(dataset).__name__
+    image_ids, texts, img2txt, txt2img, index = [], [], [], [], {}
+    for i, rec in enumerate(records):
+        if "caption" not in rec:
+            raise KeyError(f"record {i} of {source} has no 'caption' key (needed for retrieval)")
+        image_id = rec.get("image_id", rec.get("image"))
+        if image_id is None:
+            raise KeyError(f"record {i} of {source} has neither 'image_id' nor 'image'")
+        key = str(image_id)
+        if key not in index:
+            index[key] = len(image_ids)
+            image_ids.append(key)
+            img2txt.append([])
+        captions = rec["caption"] if isinstance(rec["caption"], (list, tuple)) else [rec["caption"]]
+        for cap in captions:
+            img2txt[index[key]].append(len(texts))
+            txt2img.append(index[key])
+            texts.append(text_processor(cap) if callable(text_processor) else str(cap))
+    if not texts:
+        raise ValueError(f"retrieval split {source} has no captions")
+    return image_ids, texts, img2txt, txt2img
+
+
+@registry.register_task("retrieval")
+class RetrievalTask(BaseTask):
+    def __init__(self, cfg=None, k_test: int = 128, text_batch_size: int = 256, **kwargs):
+        super().__init__(cfg=cfg, **kwargs)
+        self.k_test, self.text_batch_size = int(k_test), int(text_batch_size)
+        self._ground_truth = None
+
+    @classmethod
+    def setup_task(cls, cfg=None, **kwargs):
+        run = cfg.run_cfg if cfg is not None else {}
+        return cls(cfg=cfg, k_test=run.get("k_test", 128), text_batch_size=run.get("text_batch_size", 256))
+
+    @torch.no_grad()
+    def evaluation(self, model, data_loader, device=None, log_freq=50) -> list[dict]:
+        net = _unwrap(model)
+        net.eval()
+        device = device or net.device
+        image_ids, texts, img2txt, txt2img = retrieval_ground_truth(data_loader.dataset)
+        # Images of this rank's shard, then gathered so that every rank ranks against all of them.
+        rerank = self.k_test > 0 and hasattr(net, "itm_scores")
+        local = []
+        for samples in MetricLogger().log_every(data_loader, log_freq, header="Retrieval images", logger=logger):
+            samples = move_to_device(samples, device)
+            feats = net.extract_features({"image": samples["image"]}, mode="image")
+            for j, image_id in enumerate(samples["image_id"]):
+                image_id = image_id.item() if isinstance(image_id, torch.Tensor) else image_id
+                # The image encoder's output is kept only for ITM re-ranking (it is large).
+                frozen = feats.image_embeds_frozen[j].cpu() if rerank else None
+                local.append((str(image_id), feats.image_embeds_proj[j].cpu(), frozen))
+        gathered = [local]
+        if dist_utils.is_dist_avail_and_initialized():
+            gathered = [None] * dist_utils.get_world_size()
+            dist.all_gather_object(gathered, local)
+        by_id = {image_id: (proj, embeds) for part in gathered for image_id, proj, embeds in part}
+        missing = [i for i in image_ids if i not in by_id]
+        if missing:
+            raise KeyError(f"the eval loader yielded no image for annotation image ids {missing[:5]}")
+        image_proj = torch.stack([by_id[i][0] for i in image_ids]).to(device)
+        text_feat = torch.cat([
+            net.extract_features({"text_input": texts[s:s + self.text_batch_size]}, mode="text").text_embeds_proj[:, 0]
+            for s in range(0, len(texts), self.text_batch_size)])
+        sim_i2t = torch.einsum("iqd,td->itq", image_proj, text_feat).max(-1).values  # [n_img, n_txt]
+        score_i2t, score_t2i = sim_i2t.clone(), sim_i2t.t().clone()
+        if rerank:
+            image_embeds = [by_id[i][1] for i in image_ids]
+            score_i2t, score_t2i = self._rerank(net, sim_i2t, image_embeds, texts, device)
+        metrics = recall_at_k(score_i2t.cpu(), score_t2i.cpu(), img2txt, txt2img)
+        return [metrics]
+
+    def _rerank(self, net, sim_i2t, image_embeds, texts, device):
+        """Top-k by ITC, re-scored by ITM logit + ITC similarity (LAVIS's compute_sim_matrix)."""
+        rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+        k = min(self.k_test, sim_i2t.shape[1])
+        score_i2t = torch.full_like(sim_i2t, -100.0)
+        for i in range(rank, sim_i2t.shape[0], world):  # rows split over ranks, merged below
+            top_sim, top_idx = sim_i2t[i].topk(k)
+            img = image_embeds[i].to(device).unsqueeze(0).expand(k, -1, -1)
+            itm = net.itm_scores(img, [texts[t] for t in top_idx.tolist()])
+            score_i2t[i, top_idx] = itm + top_sim
+        k = min(self.k_test, sim_i2t.shape[0])
+        sim_t2i = sim_i2t.t()
+        score_t2i = torch.full_like(sim_t2i, -100.0)
+        for t in range(rank, sim_t2i.shape[0], world):
+            top_sim, top_idx = sim_t2i[t].topk(k)
+            img = torch.stack([image_embeds[i] for i in top_idx.tolist()]).to(device)
+            itm = net.itm_scores(img, [texts[t]] * k)
+            score_t2i[t, top_idx] = itm + top_sim
+        if dist_utils.is_dist_avail_and_initialized():
+            dist.all_reduce(score_i2t, op=dist.ReduceOp.MAX)
+            dist.all_reduce(score_t2i, op=dist.ReduceOp.MAX)
+        return score_i2t, score_t2i
+
+    def after_evaluation(self, val_result, split_name, epoch, **kwargs) -> dict:
+        # Every rank computed the same full ranking; report it once.
+        metrics = dict(val_result[0])
+        logger.info("retrieval %s: %s", split_name, {k: round(v, 2) for k, v in metrics.items()})
+        self._write_metrics(metrics, split_name, epoch)
+        return metrics

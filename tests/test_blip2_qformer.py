@@ -1,0 +1,194 @@
+"""Blip2Qformer (BLIP-2 stage 1): released key layout, losses, switches, masks, tokenizer."""
+import json
+import os
+
+import pytest
+import torch
+
+from lavis_lite.common.registry import registry
+from lavis_lite.models.blip2_qformer import Blip2Qformer
+from lavis_lite.models.bert_tokenizer import init_bert_tokenizer
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "minigpt4qwen_qwen7b_keys.json")
+
+
+def _batch(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    texts = ["a red circle", "a blue square in the middle", "two green stars on a white background", "a red circle"]
+    return {"image": torch.randn(n, 3, 32, 32, generator=g), "text_input": texts[:n], "image_id": [1, 2, 3, 1][:n]}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Blip2Qformer.from_pretrained("tiny")
+
+
+def test_registered_names():
+    assert registry.get_model_class("blip2") is Blip2Qformer
+    assert registry.get_model_class("blip2_qformer") is Blip2Qformer
+
+
+def test_pretrain_on_meta_has_released_keys_plus_text_side():
+    with torch.device("meta"):
+        model = Blip2Qformer.from_pretrained("pretrain", tokenizer_vocab="tiny")
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    with open(FIXTURE) as f:
+        reference = {k: v for k, v in json.load(f).items() if not k.startswith("llm_proj.")}
+    for key, shape in reference.items():
+        assert key in got, f"missing released key {key}"
+        assert got[key] == shape, f"{key}: {got[key]} vs released {shape}"
+    H, V = 768, 30523
+    expected_extra = {
+        "Qformer.bert.embeddings.word_embeddings.weight": [V, H],
+        "Qformer.bert.embeddings.position_embeddings.weight": [512, H],
+        "Qformer.cls.predictions.bias": [V],
+        "Qformer.cls.predictions.transform.dense.weight": [H, H],
+        "Qformer.cls.predictions.transform.dense.bias": [H],
+        "Qformer.cls.predictions.transform.LayerNorm.weight": [H],
+        "Qformer.cls.predictions.transform.LayerNorm.bias": [H],
+        "Qformer.cls.predictions.decoder.weight": [V, H],
+        "vision_proj.weight": [256, H], "vision_proj.bias": [256],
+        "text_proj.weight": [256, H], "text_proj.bias": [256],
+        "itm_head.weight": [2, H], "itm_head.bias": [2],
+        "temp": [],
+    }
+    for n in range(12):
+        p = f"Qformer.bert.encoder.layer.{n}."
+        expected_extra.update({
+            p + "intermediate.dense.weight": [3072, H], p + "intermediate.dense.bias": [3072],
+            p + "output.dense.weight": [H, 3072], p + "output.dense.bias": [H],
+            p + "output.LayerNorm.weight": [H], p + "output.LayerNorm.bias": [H],
+        })
+    assert set(got) == set(reference) | set(expected_extra)
+    for key, shape in expected_extra.items():
+        assert got[key] == shape, key
+
+
+def test_tokenizer_dec_bos_and_tiny_vocab():
+    tok = init_bert_tokenizer("tiny")
+    assert tok.bos_token == "[DEC]" and tok.bos_token_id == len(tok) - 1
+    assert tok.pad_token_id == 0 and tok.cls_token == "[CLS]"
+    ids = tok("A red circle, top-left.").input_ids
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "a", "red", "circle", ",", "top", "-", "left", ".", "[SEP]"]
+    with pytest.raises(FileNotFoundError, match="tokenizer_vocab"):
+        init_bert_tokenizer("/nonexistent/bert-base-uncased")
+
+
+def test_forward_losses_and_gradients(tiny):
+    out = tiny(_batch())
+    assert set(out) == {"loss", "loss_itc", "loss_itm", "loss_itg", "n_tokens"}
+    assert out["n_tokens"] == 4
+    for k in ("loss_itc", "loss_itm", "loss_itg"):
+        assert torch.isfinite(out[k]) and out[k].item() > 0
+    torch.testing.assert_close(out["loss"], out["loss_itc"] + out["loss_itm"] + out["loss_itg"])
+    tiny.zero_grad()
+    out["loss"].backward()
+    no_grad = [n for n, p in tiny.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert no_grad == []
+    # An untrained ITM head is near chance: ln 2
+    assert abs(out["loss_itm"].item() - 0.693) < 0.1
+
+
+@pytest.mark.parametrize("only", ["itc", "itm", "itg"])
+def test_each_loss_can_be_switched_off(only):
+    torch.manual_seed(0)
+    model = Blip2Qformer.from_pretrained("tiny", losses={k: k == only for k in ("itc", "itm", "itg")})
+    out = model(_batch())
+    for k in ("itc", "itm", "itg"):
+        assert (out[f"loss_{k}"].item() > 0) == (k == only)
+    out["loss"].backward()
+    grads = {n: p.grad is not None and bool(p.grad.any()) for n, p in model.named_parameters()}
+    assert grads["itm_head.weight"] == (only == "itm")
+    assert grads["text_proj.weight"] == (only == "itc")
+    assert grads["temp"] == (only == "itc")
+    assert grads["Qformer.cls.predictions.decoder.weight"] == (only == "itg")
+    assert grads["Qformer.bert.encoder.layer.0.crossattention.self.key.weight"]
+
+
+def test_bad_config_and_input():
+    with pytest.raises(KeyError, match="itx"):
+        Blip2Qformer.from_pretrained("tiny", losses={"itx": True})
+    with pytest.raises(ValueError, match="switched off"):
+        Blip2Qformer.from_pretrained("tiny", losses={"itc": False, "itm": False, "itg": False})
+    with pytest.raises(ValueError, match="tokenizer_vocab"):
+        Blip2Qformer.from_pretrained("tiny", tokenizer_vocab=None)
+    model = Blip2Qformer.from_pretrained("tiny")
+    with pytest.raises(KeyError, match="text_input"):
+        model({"image": torch.zeros(1, 3, 32, 32)})
+    with pytest.raises(ValueError, match="2 images but 1 texts"):
+        model({"image": torch.zeros(2, 3, 32, 32), "text_input": ["a"]})
+
+
+def test_temperature_clamped_in_forward(tiny):
+    tiny.temp.data.fill_(5.0)
+    tiny(_batch())
+    assert tiny.temp.item() == pytest.approx(0.5)
+    tiny.temp.data.fill_(0.07)
+
+
+def test_frozen_vit_gets_no_gradient():
+    model = Blip2Qformer.from_pretrained("tiny", freeze_vit=True)
+    model.train()
+    assert not model.visual_encoder.training
+    model(_batch())["loss"].backward()
+    assert all(p.grad is None for p in model.visual_encoder.parameters())
+    assert model.query_tokens.grad is not None
+
+
+def test_itg_masks_queries_never_see_text_and_text_is_causal(tiny):
+    """Through the model's own ITG path: queries are cached from an image-only pass, text attends to
+    all queries and to earlier text only."""
+    tiny.eval()
+    image = _batch(1)["image"]
+    with torch.no_grad():
+        frozen = tiny.encode_image(image)
+        queries = tiny.encode_queries(frozen, use_cache=True)
+
+        def text_logits(text, past):
+            tok = tiny.tokenize([text])
+            ids = tok.input_ids.clone()
+            ids[:, 0] = tiny.tokenizer.bos_token_id
+            atts = torch.cat([torch.ones(1, tiny.query_tokens.shape[1], dtype=torch.long), tok.attention_mask], 1)
+            return tiny.Qformer(ids, attention_mask=atts, past_key_values=past).logits
+
+        a = text_logits("a red circle on the left", queries.past_key_values)
+        b = text_logits("a red circle on the right", queries.past_key_values)
+        # Same prefix "[DEC] a red circle on the" -> same logits; the changed word changes its own position.
+        torch.testing.assert_close(a[:, :6], b[:, :6])
+        assert not torch.allclose(a[:, 6], b[:, 6])
+        # The text sees the queries: another image changes every text position.
+        other = tiny.encode_queries(tiny.encode_image(image.flip(-1) * 2), use_cache=True)
+        c = text_logits("a red circle on the left", other.past_key_values)
+        assert not torch.allclose(a[:, 0], c[:, 0])
+        # Queries never see the text: in one decoder pass with queries and text together, the query
+        # outputs equal the image-only pass whatever the text.
+        q = tiny.query_tokens
+        for text in ("a red circle", "two blue squares in the middle"):
+            tok = tiny.tokenize([text])
+            atts = torch.cat([torch.ones(1, q.shape[1], dtype=torch.long), tok.attention_mask], 1)
+            joint = tiny.Qformer.bert(tok.input_ids, query_embeds=q, attention_mask=atts, is_decoder=True,
+                                      encoder_hidden_states=frozen,
+                                      encoder_attention_mask=torch.ones(frozen.shape[:-1], dtype=torch.long))
+            torch.testing.assert_close(joint.last_hidden_state[:, :q.shape[1]], queries.last_hidden_state)
+    tiny.train()
+
+
+def test_hard_negatives_in_itm_exclude_same_image(tiny, monkeypatch):
+    """The ITM batch pairs each text with an image of another id, and each image with another id's text."""
+    from lavis_lite.models import blip2_losses as L
+    seen = {}
+    real = L.sample_hard_negatives
+
+    def spy(sim_i2t, sim_t2i, positives, generator=None):
+        seen["out"] = real(sim_i2t, sim_t2i, positives, generator)
+        seen["positives"] = positives
+        return seen["out"]
+    monkeypatch.setattr(L, "sample_hard_negatives", spy)
+    batch = _batch()
+    for _ in range(5):
+        tiny(batch)
+        neg_img, neg_txt = seen["out"]
+        ids = torch.tensor(batch["image_id"])
+        assert (ids[neg_img] != ids).all() and (ids[neg_txt] != ids).all()
+        assert seen["positives"][0, 3] and seen["positives"][3, 0]
