@@ -1,12 +1,20 @@
 """Loading user components without editing lavis_lite.
 
 Three ways, all ending in an import that runs the user's ``@registry.register_*``:
-- a run YAML ``imports: [my_pkg.my_module, ./path/to/file.py]``;
-- ``--import`` on train.py / evaluate.py;
-- the ``lavis_lite.plugins`` entry-point group of installed distributions.
+- a run YAML ``imports: [my_pkg.my_module, ./path/to/file.py, ./path/to/package_dir]``
+  (relative paths are relative to the YAML file, then to the working directory);
+- ``--import`` on train.py / evaluate.py (relative to the working directory);
+- the ``lavis_lite.plugins`` entry-point group of installed distributions, loaded at
+  ``import lavis_lite``.
+
+A package directory is imported under its own name (its parent goes on ``sys.path``), so
+its relative imports work and its classes keep stable module names; a single ``.py`` file
+is imported under a name derived from its path. Every failure raises
+:class:`PluginImportError` naming the plugin.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
 import importlib.metadata
@@ -26,9 +34,6 @@ class PluginImportError(ImportError):
 
 
 def _import_file(path: str):
-    path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise PluginImportError(f"Plugin file {path!r} does not exist")
     # A stable module name per file, so importing it twice is a no-op.
     name = "lavis_lite_plugin_" + hashlib.md5(path.encode()).hexdigest()[:10] + "_" + \
         os.path.splitext(os.path.basename(path))[0]
@@ -39,34 +44,85 @@ def _import_file(path: str):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception:
+    except BaseException:
         sys.modules.pop(name, None)
         raise
     return module
 
 
+def _import_package_dir(path: str):
+    if not os.path.isfile(os.path.join(path, "__init__.py")):
+        raise PluginImportError(f"Plugin directory {path!r} is not a Python package (no __init__.py)")
+    parent, name = os.path.split(path.rstrip(os.sep))
+    if not name.isidentifier():
+        raise PluginImportError(f"Plugin directory {path!r}: {name!r} is not a valid package name")
+    existing = sys.modules.get(name)
+    if existing is not None:
+        origin = os.path.dirname(os.path.realpath(getattr(existing, "__file__", "") or ""))
+        if origin == os.path.realpath(path):
+            return existing
+        raise PluginImportError(f"Plugin directory {path!r}: a different module named {name!r} is already "
+                                f"imported (from {origin or 'a built-in'}); rename the package")
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    return importlib.import_module(name)
+
+
+def _resolve_path(spec: str, base_dir: str | None) -> str:
+    spec = os.path.expanduser(spec)
+    if os.path.isabs(spec):
+        return spec
+    candidates = [os.path.join(base_dir, spec)] if base_dir else []
+    candidates.append(os.path.abspath(spec))  # then the working directory
+    for cand in candidates:
+        if os.path.exists(cand):
+            return os.path.abspath(cand)
+    raise PluginImportError(f"Plugin {spec!r} not found; looked at {candidates}")
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or os.sep in spec or spec.startswith((".", "~"))
+
+
 def import_plugin(spec: str, base_dir: str | None = None):
-    """Import one plugin: a dotted module name or a path to a .py file / package dir."""
-    looks_like_path = spec.endswith(".py") or os.sep in spec or spec.startswith(".")
+    """Import one plugin: a dotted module name, a ``.py`` file or a package directory."""
+    spec = str(spec).strip()
+    if not spec:
+        raise PluginImportError("Empty plugin name in 'imports' / --import")
     try:
-        if looks_like_path:
-            path = spec if os.path.isabs(spec) else os.path.join(base_dir or os.getcwd(), spec)
-            if not os.path.exists(path) and not os.path.isabs(spec):
-                path = os.path.abspath(spec)  # fall back to the working directory
-            if os.path.isdir(path):
-                path = os.path.join(path, "__init__.py")
-            return _import_file(path)
-        return importlib.import_module(spec)
+        if looks_like_path(spec):
+            path = _resolve_path(spec, base_dir)
+            module = _import_package_dir(path) if os.path.isdir(path) else _import_file(path)
+        else:
+            module = importlib.import_module(spec)
     except PluginImportError:
         raise
     except Exception as err:
         raise PluginImportError(f"Could not import plugin {spec!r}: {type(err).__name__}: {err}") from err
+    logger.debug("imported plugin %s", spec)
+    return module
 
 
-def import_plugins(specs: Iterable[str], base_dir: str | None = None) -> list:
-    return [import_plugin(str(s), base_dir=base_dir) for s in specs]
+def import_plugins(specs: Iterable[str] | None, base_dir: str | None = None) -> list:
+    if isinstance(specs, str):
+        specs = [specs]
+    return [import_plugin(str(s), base_dir=base_dir) for s in (specs or [])]
 
 
+# ---- command line ---------------------------------------------------------------
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    """``--import MODULE_OR_PATH`` (repeatable) for train.py / evaluate.py."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_PATH",
+                        help="import a plugin (dotted module, .py file or package dir) before the config is "
+                             "read; repeatable")
+
+
+def import_from_args(args: argparse.Namespace) -> list:
+    """Import the ``--import`` plugins (relative paths: the working directory)."""
+    return import_plugins(getattr(args, "imports", None) or [], base_dir=os.getcwd())
+
+
+# ---- installed distributions ----------------------------------------------------
 _entry_points_loaded = False
 
 
@@ -81,9 +137,10 @@ def load_entry_point_plugins(force: bool = False) -> list[str]:
         try:
             ep.load()
         except Exception as err:
+            dist = getattr(getattr(ep, "dist", None), "name", None) or "?"
             raise PluginImportError(
-                f"Could not load plugin entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP}: "
-                f"{type(err).__name__}: {err}"
+                f"Could not load plugin entry point {ep.name!r} = {ep.value!r} (distribution {dist!r}, group "
+                f"{ENTRY_POINT_GROUP}): {type(err).__name__}: {err}"
             ) from err
         loaded.append(ep.name)
     return loaded
