@@ -218,3 +218,64 @@ class FeatureCache:
         for d in removed:
             shutil.rmtree(os.path.join(self.root, d), ignore_errors=True)
         return removed
+
+
+# ---- datasets read the cache instead of decoding images ------------------------------------------
+class CachedImagesMixin:
+    """Put before a dataset class: ``read_image`` returns cached features; the collated batch carries
+    them as ``"image_features"`` (docs/contracts.md) instead of ``"image"``."""
+
+    feature_cache: FeatureCache
+
+    def read_image(self, rel: str) -> torch.Tensor:
+        path = self.image_path(rel)
+        features = self.feature_cache.get(path)
+        if features is None:
+            raise FeatureCacheError(f"no cached features for image {path!r} in {self.feature_cache.dir}; run "
+                                    "`python -m lavis_lite.tools.cache_features --cfg-path ...` first")
+        return features
+
+    def collater(self, samples: list[dict]) -> dict:
+        batch = super().collater(samples)
+        if "image" in batch:
+            image = batch.pop("image")
+            n_images = batch.get("n_images")
+            if n_images is not None and sum(n_images) == 0:  # keep the feature shape, not [0, 3, H, W]
+                image = torch.zeros(0, 0, 0)
+            batch["image_features"] = image
+        return batch
+
+    def __reduce__(self):  # the class is made at run time: pickle (spawned workers) rebuilds it
+        base = type(self)._uncached_class
+        plain = base.__new__(base)
+        plain.__dict__.update({k: v for k, v in self.__dict__.items() if k != "feature_cache"})
+        return attach_feature_cache, (plain, self.feature_cache)
+
+
+def attach_feature_cache(dataset, cache: FeatureCache):
+    """A shallow copy of ``dataset`` (a BaseDataset with ``image_path`` / ``read_image``) that reads
+    ``cache`` instead of decoding and transforming images. The original dataset is unchanged."""
+    if not hasattr(dataset, "image_path") or not hasattr(dataset, "read_image"):
+        raise TypeError(f"{type(dataset).__name__} has no image_path/read_image; it cannot read a feature cache")
+    base = getattr(type(dataset), "_uncached_class", type(dataset))  # re-wrapping wraps the original
+    cached_cls = type(f"Cached{base.__name__}", (CachedImagesMixin, base), {"_uncached_class": base})
+    out = cached_cls.__new__(cached_cls)
+    out.__dict__.update(dataset.__dict__)  # shallow: records and processors are shared, not copied
+    out.feature_cache = cache
+    return out
+
+
+def dataset_image_paths(dataset) -> list[str]:
+    """Every distinct image path of a BaseDataset's records (``images`` list or ``image`` string), in order."""
+    seen, paths = set(), []
+    for i, ann in enumerate(dataset.annotation):
+        rels = ann.get("images")
+        if rels is None:
+            rels = ann.get("image")
+            rels = [] if rels is None else rels if isinstance(rels, list) else [rels]
+        for rel in rels:
+            path = dataset.image_path(rel)
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
+    return paths

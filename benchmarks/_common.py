@@ -1,0 +1,80 @@
+"""Shared by the benchmark scripts: environment record, timing loops, medians, the one JSON line."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+
+def environment() -> dict:
+    import torch
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "platform": platform.platform(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "cpu": _cpu_name(),
+           "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+           "cuda": torch.cuda.is_available()}
+    try:
+        import transformers
+        env["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                           text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    env["load_avg_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def pin_to_one_core() -> int | None:
+    """Restrict this process to one CPU core (and torch to one thread); returns the core or None."""
+    import torch
+    torch.set_num_threads(1)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if hasattr(os, "sched_setaffinity"):
+        core = sorted(os.sched_getaffinity(0))[0]
+        os.sched_setaffinity(0, {core})
+        return core
+    return None
+
+
+def time_loop(step, seconds: float, min_iters: int = 1, warmup: int = 1) -> tuple[float, int]:
+    """Run ``step()`` for about ``seconds`` after ``warmup`` calls; returns (elapsed, iterations)."""
+    for _ in range(warmup):
+        step()
+    n, start = 0, time.perf_counter()
+    while n < min_iters or time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    return time.perf_counter() - start, n
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def emit(bench: str, config: dict, figures: dict) -> dict:
+    """Print the single JSON line of a benchmark run (and return it)."""
+    record = {"bench": bench, "config": config, "figures": figures, "env": environment()}
+    sys.stdout.write(json.dumps(record, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+    return record

@@ -1,0 +1,110 @@
+"""Images/s through the instruction DataLoader: decode + eval transform + collate, with N workers;
+and, for comparison, the same loader reading the frozen-feature cache instead of images.
+
+    python benchmarks/bench_data.py --n 512 --source-size 256 --image-size 224 --workers 0,2 --seconds 5
+
+Prints one JSON line. Without --data-dir, demo data is generated in a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, median  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=None, help="demo-format data (python -m lavis_lite.datasets.demo)")
+    p.add_argument("--n", type=int, default=512, help="records to generate when --data-dir is not given")
+    p.add_argument("--source-size", type=int, default=256, help="side of the generated PNGs")
+    p.add_argument("--image-size", type=int, default=224, help="eval transform output side")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
+    p.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
+    p.add_argument("--no-cache", action="store_true", help="skip the feature-cache loader")
+    p.add_argument("--feature-shape", default="32,768", help="cached feature shape per image (Q-Former output)")
+    return p.parse_args(argv)
+
+
+def images_per_second(dataset, batch_size: int, workers: int, seconds: float) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                        collate_fn=dataset.collater, persistent_workers=False, drop_last=False)
+    n_images, start, it = 0, None, None
+    while True:
+        it = iter(loader) if it is None else it
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = None
+            continue
+        if start is None:  # the first batch pays for starting workers: not counted
+            start = time.perf_counter()
+            continue
+        n_images += int(sum(batch["n_images"]))
+        if time.perf_counter() - start >= seconds:
+            break
+    del it
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return n_images / (time.perf_counter() - start)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    from lavis_lite.common.feature_cache import FeatureCache, attach_feature_cache, dataset_image_paths
+    from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
+    from lavis_lite.processors.image_processors import BlipImageEvalProcessor
+
+    tmp = None
+    data_dir = args.data_dir
+    if data_dir is None:
+        from lavis_lite.datasets.demo import generate
+        tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
+        data_dir = tmp.name
+        generate(data_dir, n=args.n, seed=0, size=args.source_size, n_shards=1)
+    processor = BlipImageEvalProcessor(image_size=args.image_size)
+    dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(data_dir, "images"),
+                                 ann_paths=[os.path.join(data_dir, "instruction", "train.json")])
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    figures = {f"images_per_s_workers_{w}": [] for w in workers}
+
+    cached = None
+    if not args.no_cache:
+        from lavis_lite.common.feature_cache import describe_transform
+        shape = tuple(int(x) for x in args.feature_shape.split(","))
+        cache = FeatureCache(os.path.join(tmp.name if tmp else tempfile.mkdtemp(), "cache"), "qformer",
+                             describe_transform(processor), "bench-random-weights", dtype="fp16")
+        for path in dataset_image_paths(dataset):  # stand-in features: reading cost is what is measured
+            cache.put(path, torch.randn(*shape))
+        cached = attach_feature_cache(dataset, cache)
+        for w in workers:
+            figures[f"cached_features_per_s_workers_{w}"] = []
+
+    for _ in range(args.repeats):
+        for w in workers:
+            figures[f"images_per_s_workers_{w}"].append(images_per_second(dataset, args.batch_size, w, args.seconds))
+            if cached is not None:
+                figures[f"cached_features_per_s_workers_{w}"].append(
+                    images_per_second(cached, args.batch_size, w, args.seconds))
+    result = {k: round(median(v), 1) for k, v in figures.items()}
+    result["runs"] = {k: [round(x, 1) for x in v] for k, v in figures.items()}
+    config = {k: v for k, v in vars(args).items()}
+    config["n_records"] = len(dataset)
+    record = emit("bench_data", config, result)
+    if tmp is not None:
+        tmp.cleanup()
+    return record
+
+
+if __name__ == "__main__":
+    main()
