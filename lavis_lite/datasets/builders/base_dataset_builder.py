@@ -41,7 +41,7 @@ def cache_root() -> str:
 def resolve_storage(path: str) -> str:
     """Absolute paths stay; relative ones are taken under cache_root."""
     path = os.path.expanduser(str(path))
-    return path if os.path.isabs(path) else os.path.join(cache_root(), path)
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(cache_root(), path))
 
 
 def as_list(value) -> list:
