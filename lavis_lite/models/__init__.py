@@ -1,2 +1,11 @@
+"""Models. Importing this package registers every built-in model; the entry points live here."""
 from lavis_lite.models.base_model import BaseModel  # noqa: F401
+from lavis_lite.models.blip2 import Blip2Base  # noqa: F401
+from lavis_lite.models.minigpt4qwen import Minigpt4Qwen  # noqa: F401
+from lavis_lite.models.loading import (  # noqa: F401
+    load_model,
+    load_model_and_preprocess,
+    load_preprocess,
+    model_zoo,
+)
 from lavis_lite.models import blip2_qformer, blip2_feature_extractor  # noqa: F401,E402
