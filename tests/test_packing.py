@@ -129,3 +129,57 @@ def test_errors_are_clear():
 def test_block_causal_mask_matches_plain_causal_for_one_segment():
     seg = torch.zeros(1, 6, dtype=torch.long)
     assert torch.equal(block_causal_mask(seg)[0, 0], torch.ones(6, 6, dtype=torch.bool).tril())
+
+
+# ---- the model's switch: Minigpt4Qwen(packing=True) --------------------------------------------
+def _conversations():
+    long_answer = "a red circle on a white background near the left edge of the picture " * 3
+    return [
+        [{"from": "human", "value": "<ImageHere> What colour is it?"}, {"from": "gpt", "value": "red"}],
+        [{"from": "human", "value": "<ImageHere> Describe the image."}, {"from": "gpt", "value": long_answer}],
+        [{"from": "human", "value": "<ImageHere><ImageHere> Same shape?"}, {"from": "gpt", "value": "yes"},
+         {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "no, blue and green"}],
+        [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": "hi, how can I help"}],
+    ]
+
+
+def test_model_packing_switch_gives_the_same_loss_and_grads():
+    """Tolerance: 1e-5 on the loss, 1e-5 / 1e-4 (abs / rel) on llm_proj gradients (float32)."""
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    torch.manual_seed(0)
+    model = Minigpt4Qwen.from_pretrained("tiny", max_txt_len=160)
+    model.train()
+    samples = {"image": torch.randn(4, 3, 32, 32), "n_images": [1, 1, 2, 0], "conversations": _conversations()}
+    results = {}
+    for packing in (False, True):
+        model.packing = packing
+        model.zero_grad(set_to_none=True)
+        out = model(samples)
+        out["loss"].backward()
+        results[packing] = (out, model.llm_proj.weight.grad.clone())
+    (plain, g_plain), (packed, g_packed) = results[False], results[True]
+    assert packed["n_tokens"] == plain["n_tokens"] > 0
+    assert packed["n_correct"] == plain["n_correct"]
+    assert abs(packed["loss"].item() - plain["loss"].item()) <= 1e-5
+    torch.testing.assert_close(g_packed, g_plain, atol=1e-5, rtol=1e-4)
+
+
+def test_model_packing_actually_packs(monkeypatch):
+    from lavis_lite.models import packing as packing_mod
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    model = Minigpt4Qwen.from_pretrained("tiny", max_txt_len=160, packing=True)
+    seen = {}
+    real = packing_mod.pack_sequences
+
+    def spy(*args, **kwargs):
+        seen["packed"] = real(*args, **kwargs)
+        return seen["packed"]
+
+    monkeypatch.setattr(packing_mod, "pack_sequences", spy)
+    model({"image": torch.randn(4, 3, 32, 32), "n_images": [1, 1, 2, 0], "conversations": _conversations()})
+    assert len(seen["packed"].rows) < 4  # four samples in fewer rows
+    with pytest.raises(ValueError, match="exclude each other"):
+        model.pad_to_max_txt_len = True
+        model({"image": torch.randn(1, 3, 32, 32), "n_images": [1], "conversations": _conversations()[:1]})

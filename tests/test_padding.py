@@ -91,3 +91,27 @@ def test_estimate_lengths():
     assert lengths[0] == 20 + 10 + 32 and lengths[1] == 1 + 10
     with pytest.raises(KeyError, match="record 0"):
         estimate_lengths([{"text": "x"}])
+
+
+def test_model_pad_to_longest_equals_pad_to_max_txt_len():
+    """The model's switch: padding to max_txt_len (published recipe) vs to the longest sample.
+    Tolerance 1e-5 on the float32 loss and llm_proj gradients."""
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    torch.manual_seed(0)
+    model = Minigpt4Qwen.from_pretrained("tiny", max_txt_len=200)
+    model.train()
+    convs = [[{"from": "human", "value": "<ImageHere> What colour?"}, {"from": "gpt", "value": "red"}],
+             [{"from": "human", "value": "<ImageHere> Describe it."},
+              {"from": "gpt", "value": "a small blue square in the top left corner of a gray picture"}]]
+    samples = {"image": torch.randn(2, 3, 32, 32), "n_images": [1, 1], "conversations": convs}
+    outs = {}
+    for pad_to_max in (False, True):
+        model.pad_to_max_txt_len = pad_to_max
+        model.zero_grad(set_to_none=True)
+        out = model(samples)
+        out["loss"].backward()
+        outs[pad_to_max] = (out["loss"].item(), out["n_tokens"], model.llm_proj.weight.grad.clone())
+    assert outs[False][1] == outs[True][1] > 0
+    assert abs(outs[False][0] - outs[True][0]) <= 1e-5
+    torch.testing.assert_close(outs[False][2], outs[True][2], atol=1e-5, rtol=1e-4)

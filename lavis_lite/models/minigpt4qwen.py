@@ -22,6 +22,7 @@ from lavis_lite.common.registry import registry
 from lavis_lite.models.blip2 import Blip2Base
 from lavis_lite.models.chatml import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_MARK, ChatMLPreprocessor
 from lavis_lite.models import llm as llm_utils
+from lavis_lite.models.packing import arrange_batch
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Minigpt4Qwen(Blip2Base):
                  llm_dtype="fp32", llm_device_map=None, freeze_llm=True, llm_grad_checkpoint=False,
                  get_lora=False, lora_r=8, lora_alpha=16, lora_dropout=0.05, lora_target_modules=None,
                  lora_include_mlp=False, max_txt_len=512, system_message=DEFAULT_SYSTEM,
-                 enable_autocast=False, autocast_dtype="bf16"):
+                 enable_autocast=False, autocast_dtype="bf16", packing=False, pad_to_max_txt_len=False):
         super().__init__()
         if not llm_model and not llm_config:  # fail before building a 1B-parameter ViT
             raise ValueError("Set model.llm_model to a local folder with the LLM (e.g. Qwen-7B-Chat), or give "
@@ -57,6 +58,9 @@ class Minigpt4Qwen(Blip2Base):
         self.freeze_qformer, self.freeze_queries = bool(freeze_qformer), bool(freeze_queries)
         self.freeze_proj, self.freeze_llm = bool(freeze_proj), bool(freeze_llm)
         self.enable_autocast = bool(enable_autocast)
+        # Batch layout for the LLM (models/packing.py): several conversations per row, or the
+        # published recipe's padding to max_txt_len (benchmarks); default pads to the longest sample.
+        self.packing, self.pad_to_max_txt_len = bool(packing), bool(pad_to_max_txt_len)
         self.autocast_dtype = llm_utils.dtype_of(autocast_dtype)
 
         if vit_checkpoint:
@@ -228,16 +232,18 @@ class Minigpt4Qwen(Blip2Base):
         """ChatML ids / labels / attention_mask for a batch (see chatml.ChatMLPreprocessor)."""
         return self.chatml(conversations, n_images, **kwargs)
 
-    def _supervised_logits(self, inputs_embeds, attention_mask, labels):
+    def _supervised_logits(self, inputs_embeds, attention_mask, labels, position_ids=None):
         """Logits only where a next token is supervised (saves the [B, L, vocab] tensor)."""
         targets = labels[:, 1:]
         select = targets != IGNORE_INDEX
         decoder = self.llm_model.get_decoder() if hasattr(self.llm_model, "get_decoder") else None
         head = self.llm_model.get_output_embeddings()
         if decoder is not None and decoder is not self.llm_model and head is not None:
-            hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False).last_hidden_state
             return head(hidden[:, :-1][select]), targets[select]
-        logits = self.llm_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False).logits
+        logits = self.llm_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False).logits
         return logits[:, :-1][select], targets[select]
 
     def forward(self, samples: dict) -> dict:
@@ -247,7 +253,10 @@ class Minigpt4Qwen(Blip2Base):
         image_embeds = self._image_embeds(samples, n_images, batch.n_images_used)
         with self.maybe_autocast(self.autocast_dtype, enabled=self.enable_autocast):
             inputs_embeds = self._splice(batch.input_ids, image_embeds, batch.n_images_used)
-            logits, targets = self._supervised_logits(inputs_embeds, batch.attention_mask, batch.labels)
+            layout = arrange_batch(inputs_embeds, batch.attention_mask, batch.labels, batch.lengths,
+                                   self.chatml.max_txt_len, self.packing, self.pad_to_max_txt_len,
+                                   getattr(self.llm_model.config, "_attn_implementation", "sdpa"))
+            logits, targets = self._supervised_logits(**layout)
         n_tokens = int(targets.numel())
         logits = logits.float()
         if n_tokens == 0:

@@ -190,3 +190,29 @@ def padding_stats(lengths: list[int], max_len: int) -> dict:
             "pad_to_longest": len(lengths) * max(lengths),
             "packed": len(rows) * max(sum(lengths[i] for i in r) for r in rows),
             "packed_rows": len(rows)}
+
+
+def arrange_batch(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                  lengths: list[int], max_len: int, packing: bool = False, pad_to_max: bool = False,
+                  attn_implementation: str = "sdpa") -> dict:
+    """Lay out a right-padded batch (padded to its longest sample) for the LLM.
+
+    * default: unchanged (padding to the longest sample);
+    * ``pad_to_max``: right-pad to ``max_len`` (the published recipe; same loss, more compute);
+    * ``packing``: several samples per row (see :func:`pack_sequences`).
+    Returns {"inputs_embeds", "attention_mask", "labels", "position_ids"} for the model's LLM call.
+    """
+    if packing and pad_to_max:
+        raise ValueError("packing and pad_to_max_txt_len exclude each other; switch one off")
+    if packing:
+        embeds = [inputs_embeds[i, :n] for i, n in enumerate(lengths)]
+        labs = [labels[i, :n] for i, n in enumerate(lengths)]
+        packed = pack_sequences(embeds, labs, max_len, attn_implementation=attn_implementation)
+        return {"inputs_embeds": packed.inputs_embeds, "attention_mask": packed.attention_mask,
+                "labels": packed.labels, "position_ids": packed.position_ids}
+    if pad_to_max and inputs_embeds.shape[1] < max_len:
+        extra = max_len - inputs_embeds.shape[1]
+        inputs_embeds = torch.nn.functional.pad(inputs_embeds, (0, 0, 0, extra))
+        attention_mask = torch.nn.functional.pad(attention_mask, (0, extra), value=0)
+        labels = torch.nn.functional.pad(labels, (0, extra), value=IGNORE_INDEX)
+    return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "labels": labels, "position_ids": None}
