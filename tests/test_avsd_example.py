@@ -176,6 +176,8 @@ def test_datasets_expand_turns_and_check_records(data, procs, tmp_path):
     bad.write_text(json.dumps({"dialogs": [first, {"image_id": "x", "dialog": [{"question": "q"}]}]}))
     with pytest.raises(ValueError, match=r"bad\.json.*record 1.*'x'.*turn 0"):
         DialogueDataset(vp, tp, root, [str(bad)])
+    skipped = DialogueDataset(vp, tp, root, [str(bad)], on_error="skip", max_skip_fraction=0.5)
+    assert len(skipped) == len(first["dialog"])  # the bad dialogue is skipped and counted
     bad.write_text(json.dumps([first]))
     with pytest.raises(ValueError, match=r"bad\.json.*'dialogs'"):
         DialogueDataset(vp, tp, root, [str(bad)])
@@ -286,28 +288,25 @@ def test_a_few_steps_learn(data, procs):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def _builder_cfg(storage, **synthetic):
+def test_builder_writes_synthetic_data_once_and_builds_splits(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(tmp_path))  # relative storage lives here
     builder_cls = registry.get_builder_class("avsd_dialogue")
-    cfg = OmegaConf.load(builder_cls.default_config_path()).datasets.avsd_dialogue
-    cfg.build_info.storage = str(storage)
-    cfg.build_info.synthetic = OmegaConf.merge(cfg.build_info.synthetic, synthetic)
-    return builder_cls, cfg
-
-
-def test_builder_writes_synthetic_data_once_and_builds_splits(tmp_path):
-    builder_cls, cfg = _builder_cfg(tmp_path / "store", n_train=5, n_val=3, n_test=2)
     assert builder_cls.default_config_path().startswith(os.path.join(PROJECT, "avsd_plugin"))
+    cfg = builder_cls.default_config()
+    cfg.build_info.synthetic = OmegaConf.merge(cfg.build_info.synthetic, {"n_train": 5, "n_val": 3, "n_test": 2})
     sets = builder_cls(cfg).build_datasets()
     assert isinstance(sets["train"], DialogueDataset) and type(sets["val"]) is DialogueEvalDataset
     assert (len(sets["val"]), len(sets["test"])) == (3, 2) and len(sets["train"]) >= 10
-    marker = tmp_path / "store" / "synthetic.json"
+    assert sets["train"].feature_root == str(tmp_path / "avsd_synthetic" / "features")
+    assert sets["train"][0]["video_fts"].shape[1] == 24
+    marker = tmp_path / "avsd_synthetic" / "synthetic.json"
     stamp = marker.stat().st_mtime_ns
     builder_cls(cfg).build_datasets()  # same settings: reused, not rewritten
     assert marker.stat().st_mtime_ns == stamp
     cfg.build_info.synthetic.n_val = 4  # other settings: rewritten
     assert len(builder_cls(cfg).build_datasets()["val"]) == 4
     del cfg.build_info["synthetic"]
-    cfg.build_info.storage = str(tmp_path / "empty")
+    monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="train.json"):
         builder_cls(cfg).build_datasets()
 

@@ -13,45 +13,67 @@ import os
 import torch
 from torch.utils.data import Dataset
 
+from lavis_lite.datasets.datasets.errors import DataError, ErrorPolicy, record_error
+
 from .processors import IGNORE_INDEX
 
 
-def read_dialogs(path: str) -> list[dict]:
-    """Load and check one annotation file; errors name the file and the record."""
+def read_dialogs(path: str, policy: ErrorPolicy | None = None) -> list[dict]:
+    """Load and check one annotation file. A bad record raises an error naming the file, the
+    record and the video, or is skipped and counted under ``on_error: skip``."""
+    policy = policy or ErrorPolicy("raise")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Annotation file {path!r} does not exist")
     with open(path) as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f"Annotation file {path!r} is not valid JSON: {err}") from err
+            raise DataError(f"Annotation file {path!r} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or not isinstance(data.get("dialogs"), list):
-        raise ValueError(f"Annotation file {path!r} must hold an object with a 'dialogs' list")
+        raise DataError(f"Annotation file {path!r} must hold an object with a 'dialogs' list (AVSD format)")
+    dialogs = []
     for i, dialog in enumerate(data["dialogs"]):
-        where = f"{path!r} record {i}"
-        if not isinstance(dialog, dict) or "image_id" not in dialog:
-            raise ValueError(f"{where}: missing key 'image_id'")
-        turns = dialog.get("dialog")
-        if not isinstance(turns, list) or not turns:
-            raise ValueError(f"{where} (video {dialog['image_id']!r}): 'dialog' must be a non-empty list of turns")
-        for j, turn in enumerate(turns):
-            if not isinstance(turn, dict) or not isinstance(turn.get("question"), str) \
-                    or not isinstance(turn.get("answer"), str):
-                raise ValueError(f"{where} (video {dialog['image_id']!r}) turn {j}: needs string "
-                                 f"'question' and 'answer'")
-    return data["dialogs"]
+        policy.load_total += 1
+        problem = _check_dialog(dialog)
+        if problem:
+            policy.on_bad_record(record_error(repr(path), i, problem))
+        else:
+            dialogs.append(dialog)
+    policy.check_load(path)
+    return dialogs
+
+
+def _check_dialog(dialog) -> str | None:
+    if not isinstance(dialog, dict) or "image_id" not in dialog:
+        return "missing key 'image_id'"
+    turns = dialog.get("dialog")
+    if not isinstance(turns, list) or not turns:
+        return f"(video {dialog['image_id']!r}) 'dialog' must be a non-empty list of turns"
+    for j, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("question"), str) \
+                or not isinstance(turn.get("answer"), str):
+            return f"(video {dialog['image_id']!r}) turn {j}: needs string 'question' and 'answer'"
+    return None
 
 
 class DialogueDataset(Dataset):
-    """One sample per turn: ``{**dialog, "dialog": earlier turns, "question", "answer"}``."""
+    """One sample per turn: ``{**dialog, "dialog": earlier turns, "question", "answer"}``.
 
-    def __init__(self, vis_processor, text_processor, feature_root: str, ann_paths: list[str]):
+    The constructor matches what ``BaseDatasetBuilder.build`` passes: ``vis_root`` is the
+    feature root (``<vis_root>/<feature name>/<video_id>.npy``).
+    """
+
+    def __init__(self, vis_processor, text_processor, vis_root: str, ann_paths: list[str],
+                 on_error: str = "raise", max_skip_fraction: float = 0.05):
         self.vis_processor, self.text_processor = vis_processor, text_processor
-        self.feature_root = feature_root
+        self.feature_root = vis_root
+        policy = ErrorPolicy(on_error, max_skip_fraction)
         self.annotation = []
         for path in ann_paths:
-            for dialog in read_dialogs(path):
+            for dialog in read_dialogs(path, policy):
                 self.annotation += self.expand(dialog)
+        if not self.annotation:
+            raise DataError(f"empty split: {list(ann_paths)} hold no usable dialogues")
         for i, ann in enumerate(self.annotation):
             ann["instance_id"] = str(i)
 
