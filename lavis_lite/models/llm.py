@@ -120,6 +120,11 @@ def build_llm(llm_model: str | None, llm_config, tokenizer, family: str, dtype: 
     return model
 
 
+def is_grad_checkpointing(model) -> bool:
+    flag = getattr(type(model), "is_activation_checkpointing", None)
+    return bool(model.is_activation_checkpointing if flag is not None else model.is_gradient_checkpointing)
+
+
 def default_lora_targets(family: str, include_mlp: bool = False) -> list[str]:
     info = family_info(family)
     return list(info["lora_targets"]) + (list(info.get("lora_mlp_targets", [])) if include_mlp else [])
@@ -142,6 +147,10 @@ def apply_lora(model, family: str, r: int = 8, alpha: int = 16, dropout: float =
 
 
 def enable_grad_checkpointing(model) -> None:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if hasattr(model, "config"):
         model.config.use_cache = False

@@ -1,0 +1,27 @@
+"""A full-size MiniGPT4-Qwen built on the meta device has the released checkpoint's key -> shape map."""
+import json
+import os
+
+import torch
+
+from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "minigpt4qwen_qwen7b_keys.json")
+# A Qwen2-architecture LLM of Qwen-7B's width stands in for the (remote-code) Qwen-7B: only its hidden
+# size matters for llm_proj, and the LLM's own keys are not part of the released map.
+QWEN7B_WIDTH = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 2,
+                "num_attention_heads": 32, "num_key_value_heads": 32}
+
+
+def test_full_size_key_map_matches_released_checkpoint():
+    with torch.device("meta"):
+        model = Minigpt4Qwen.from_pretrained("qwen2.5_7b_instruct", llm_config=QWEN7B_WIDTH)
+    got = {k: list(v.shape) for k, v in model.state_dict().items() if not k.startswith("llm_model.")}
+    want = json.load(open(FIXTURE))
+    assert sorted(set(want) - set(got)) == []
+    assert sorted(set(got) - set(want)) == []
+    assert {k: got[k] for k in want} == want
+    # the YAML defaults give the released structure: 39 ViT blocks, cross-attention every 2nd layer
+    assert len(model.visual_encoder.blocks) == 39
+    assert [hasattr(layer, "crossattention") for layer in model.Qformer.bert.encoder.layer] == [True, False] * 6
+    assert model.visual_encoder.blocks[0].attn.qkv.weight.dtype == torch.float16  # vit_precision: fp16
