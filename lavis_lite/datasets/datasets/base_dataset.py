@@ -122,7 +122,7 @@ class BaseDataset(Dataset):
                     named.__cause__ = err
                 self.policy.on_bad_sample(named, len(self))
                 continue
-            self.policy.on_sample_ok()
+            self.policy.on_sample_ok(len(self))
             return sample
         raise DataError(f"{self.ann_paths}: {_MAX_SUBSTITUTES} consecutive bad samples from index {index}")
 

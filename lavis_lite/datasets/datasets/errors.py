@@ -63,8 +63,11 @@ class ErrorPolicy:
         info = torch.utils.data.get_worker_info()
         return 0 if info is None else 1 + info.id % _MAX_WORKERS
 
-    def on_sample_ok(self) -> None:
-        self.counts[self._row(), 0] += 1
+    def on_sample_ok(self, dataset_len: int = 0) -> None:
+        row = self._row()
+        self.counts[row, 0] += 1
+        if self.counts[row, 1] > 0:  # only workers that skipped something pay for the check
+            self._check_threshold(dataset_len, "see the warnings above")
 
     def on_bad_sample(self, err: DataError, dataset_len: int) -> None:
         """Raise in raise mode; in skip mode count it and abort past the threshold."""
@@ -74,10 +77,13 @@ class ErrorPolicy:
             raise err
         self.counts[row, 1] += 1
         logger.warning("skipping bad sample: %s", err)
+        self._check_threshold(dataset_len, f"last: {err}")
+
+    def _check_threshold(self, dataset_len: int, detail: str) -> None:
         seen, skipped = self.counts.sum(0).tolist()
-        if seen >= min(self.min_seen, dataset_len) and skipped / seen > self.max_skip_fraction:
+        if seen >= min(self.min_seen, max(1, dataset_len)) and skipped / seen > self.max_skip_fraction:
             raise DataError(f"{skipped} of {seen} samples were bad ({100 * skipped / seen:.1f}% > "
-                            f"max_skip_fraction {100 * self.max_skip_fraction:.1f}%); last: {err}")
+                            f"max_skip_fraction {100 * self.max_skip_fraction:.1f}%); {detail}")
 
     def report(self, reset: bool = True) -> dict:
         """Counts since the last report (call once per epoch); logs a warning when anything was skipped."""

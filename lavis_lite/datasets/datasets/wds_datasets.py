@@ -87,7 +87,7 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             sample = self.to_sample(raw)
         except Exception as err:  # noqa: BLE001 - name the shard and the key
             raise DataError(f"{where}: {type(err).__name__}: {err}") from err
-        self.policy.on_sample_ok()
+        self.policy.on_sample_ok(10**9)
         return sample
 
     def _images(self, raw: dict) -> list:
