@@ -78,3 +78,26 @@ def emit(bench: str, config: dict, figures: dict) -> dict:
     sys.stdout.write(json.dumps(record, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
     return record
+
+
+_WORDS = ("the a shape colour red green blue yellow circle square triangle left right top bottom large small "
+          "image picture shows there is are of in on with and two three one what where how many describe "
+          "please answer question carefully background white black gray centre middle corner near far "
+          "bright dark round sharp edge side same different both each").split()
+
+
+def synthetic_conversations(n: int, seed: int = 0, min_words: int = 4, max_words: int = 60,
+                            max_rounds: int = 2) -> list[list[dict]]:
+    """Instruction conversations of varied length: one image in the first user turn, 1..max_rounds rounds."""
+    import random
+
+    rng = random.Random(seed)
+    convs = []
+    for _ in range(n):
+        conv = []
+        for r in range(rng.randint(1, max_rounds)):
+            q = " ".join(rng.choices(_WORDS, k=rng.randint(min_words, max(min_words, max_words // 3)))) + "?"
+            a = " ".join(rng.choices(_WORDS, k=rng.randint(min_words, max_words))) + "."
+            conv += [{"from": "human", "value": ("<ImageHere> " if r == 0 else "") + q}, {"from": "gpt", "value": a}]
+        convs.append(conv)
+    return convs

@@ -115,3 +115,28 @@ def test_model_pad_to_longest_equals_pad_to_max_txt_len():
     assert outs[False][1] == outs[True][1] > 0
     assert abs(outs[False][0] - outs[True][0]) <= 1e-5
     torch.testing.assert_close(outs[False][2], outs[True][2], atol=1e-5, rtol=1e-4)
+
+
+def test_preprocess_caches_encoded_records_and_pads_to_longest(monkeypatch):
+    """A record seen again is not tokenised again; results are identical; rows pad to the longest."""
+    from lavis_lite.models import chatml
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    model = Minigpt4Qwen.from_pretrained("tiny", max_txt_len=200)
+    pre = model.chatml
+    convs = [[{"from": "human", "value": "<ImageHere> What colour?"}, {"from": "gpt", "value": "red"}],
+             [{"from": "human", "value": "<ImageHere> Describe it."}, {"from": "gpt", "value": "a blue square " * 5}]]
+    first = pre(convs, [1, 1])
+    assert first.input_ids.shape[1] == max(first.lengths)
+    calls = []
+    real = chatml.encode_plain
+    monkeypatch.setattr(chatml, "encode_plain", lambda tok, texts: calls.append(list(texts)) or real(tok, texts))
+    again = pre(convs, [1, 1])
+    assert calls == [[]]  # nothing left to tokenise
+    for a, b in ((first.input_ids, again.input_ids), (first.labels, again.labels),
+                 (first.attention_mask, again.attention_mask)):
+        assert torch.equal(a, b)
+    changed = [convs[0], [convs[1][0], {"from": "gpt", "value": "a red circle"}]]
+    pre(changed, [1, 1])
+    # the cache is per record: only the changed record is tokenised again, the unchanged one is not
+    assert "a red circle" in calls[-1] and " What colour?" not in calls[-1] and "red" not in calls[-1]

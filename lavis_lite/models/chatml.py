@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,15 @@ class ChatBatch:
 
 class ChatMLPreprocessor:
     def __init__(self, tokenizer, image_token: str, num_query_token: int, max_txt_len: int = 512,
-                 system_message: str = DEFAULT_SYSTEM, pad_token_id: int | None = None):
+                 system_message: str = DEFAULT_SYSTEM, pad_token_id: int | None = None,
+                 cache_size: int = 100_000):
         self.tokenizer = tokenizer
+        # Encoded samples by conversation content (+ image count, mode): a record seen again (next
+        # epoch) skips tokenisation and assembly. Keyed by the text itself, so a non-deterministic
+        # text processor only lowers the hit rate, never returns stale ids. At most ``cache_size``
+        # entries (~1 KB each as int32 arrays); 0 turns it off.
+        self.cache_size = int(cache_size)
+        self._cache: dict = {}
         self.num_query_token = int(num_query_token)
         self.max_txt_len = int(max_txt_len)
         self.system_message = system_message
@@ -126,9 +134,15 @@ class ChatMLPreprocessor:
         n_images = list(n_images) if n_images is not None else [1] * len(conversations)
         if len(n_images) != len(conversations):
             raise ConversationError(f"n_images has {len(n_images)} entries for {len(conversations)} conversations")
-        # 1) collect every text piece of the batch, then tokenise them in one call
-        plans, texts = [], []
+        # 1) collect every text piece of the batch (except cached samples), then tokenise them in one call
+        plans, texts, keys, hits = [], [], [], {}
         for s, conv in enumerate(conversations):
+            key = self._cache_key(conv, n_images[s], add_generation_prompt)
+            keys.append(key)
+            if key is not None and key in self._cache:
+                hits[s] = self._cache[key]
+                plans.append(None)
+                continue
             turns = self._turns(conv, s)
             if add_generation_prompt and (not turns or turns[-1][0] != "user"):
                 raise ConversationError(f"sample {s}: for generation the last turn must be a user turn")
@@ -147,6 +161,12 @@ class ChatMLPreprocessor:
         # 2) assemble per sample, one block per turn
         ids_out, labels_out, used_out = [], [], []
         for s, plan in enumerate(plans):
+            if plan is None:
+                ids, labels, used = hits[s]
+                ids_out.append(ids)
+                labels_out.append(labels)
+                used_out.append(used)
+                continue
             blocks = []  # (ids, labels, n_images, is_reply)
             for role, start, count in plan:
                 body = encoded[start]
@@ -171,10 +191,21 @@ class ChatMLPreprocessor:
             if not add_generation_prompt and not any(b[3] for b in blocks):
                 logger.warning("sample %d has no supervised token (no assistant reply fits max_txt_len=%d)",
                                s, self.max_txt_len)
+            ids, labels = np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
             ids_out.append(ids)
             labels_out.append(labels)
             used_out.append(sum(b[2] for b in blocks))
+            if keys[s] is not None and len(self._cache) < self.cache_size:
+                self._cache[keys[s]] = (ids, labels, used_out[-1])
         return self._pad(ids_out, labels_out, used_out, padding_side)
+
+    def _cache_key(self, conv, n_images: int, add_generation_prompt: bool):
+        if not self.cache_size or not isinstance(conv, (list, tuple)):
+            return None
+        try:
+            return (tuple((t["from"], t["value"]) for t in conv), n_images, add_generation_prompt)
+        except (TypeError, KeyError):
+            return None  # malformed: let _turns raise its clear error
 
     def _truncate(self, blocks, sample: int):
         """Drop whole trailing rounds (user + reply) until the sample fits ``max_txt_len``."""
@@ -195,12 +226,13 @@ class ChatMLPreprocessor:
         lengths = [len(x) for x in ids_list]
         width = max(lengths)
         batch = len(ids_list)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
+        # numpy rows, one tensor conversion per batch (a torch.tensor call per row costs more)
+        input_ids = np.full((batch, width), self.pad_token_id, dtype=np.int64)
+        labels = np.full((batch, width), IGNORE_INDEX, dtype=np.int64)
+        mask = np.zeros((batch, width), dtype=np.int64)
         for i, (ids, labs) in enumerate(zip(ids_list, labels_list)):
             span = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
-            input_ids[i, span] = torch.tensor(ids, dtype=torch.long)
-            labels[i, span] = torch.tensor(labs, dtype=torch.long)
+            input_ids[i, span] = ids
+            labels[i, span] = labs
             mask[i, span] = 1
-        return ChatBatch(input_ids, labels, mask, lengths, used)
+        return ChatBatch(torch.from_numpy(input_ids), torch.from_numpy(labels), torch.from_numpy(mask), lengths, used)

@@ -1,0 +1,79 @@
+"""Conversations/s of the model's ChatML preprocess: tokenisation + label masking + collation.
+
+    python benchmarks/bench_preprocess.py --n 4096 --batch-size 8 --seconds 5
+
+Runs on one CPU core (affinity + one torch thread + no tokenizer threads). ``epoch1`` is the first
+pass over the conversations (every text tokenised), ``epoch2+`` the later passes (tokenised turns
+cached per record when the model's text cache is on). Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, median, pin_to_one_core, synthetic_conversations  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-type", default="tiny", help="minigpt4qwen model type whose tokenizer is used")
+    p.add_argument("--n", type=int, default=4096, help="distinct conversations")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-txt-len", type=int, default=256)
+    p.add_argument("--seconds", type=float, default=5.0, help="minimum time of the epoch2+ measurement")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--all-cores", action="store_true", help="do not pin to one core")
+    return p.parse_args(argv)
+
+
+def build_preprocessor(model_type: str, max_txt_len: int):
+    """The model's own ChatML preprocessor, without building the model's weights."""
+    from omegaconf import OmegaConf
+
+    from lavis_lite.models import llm as llm_utils
+    from lavis_lite.models.chatml import ChatMLPreprocessor
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    cfg = OmegaConf.load(Minigpt4Qwen.default_config_path(model_type)).model
+    family = cfg.get("llm_family", "qwen2")
+    tokenizer = llm_utils.load_tokenizer(cfg.get("tokenizer") or cfg.get("llm_model"), family)
+    image_token = cfg.get("image_token") or llm_utils.family_info(family)["image_token"]
+    llm_utils.ensure_image_token(tokenizer, image_token, family)
+    return ChatMLPreprocessor(tokenizer, image_token, int(cfg.get("num_query_token", 32)), max_txt_len,
+                              pad_token_id=llm_utils.pad_token_id(tokenizer, family))
+
+
+def one_pass(pre, convs, batch_size) -> float:
+    start = time.perf_counter()
+    for s in range(0, len(convs), batch_size):
+        batch = convs[s:s + batch_size]
+        pre(batch, [1] * len(batch))
+    return len(convs) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    core = None if args.all_cores else pin_to_one_core()
+    convs = synthetic_conversations(args.n, seed=0)
+    epoch1, later = [], []
+    for _ in range(args.repeats):
+        pre = build_preprocessor(args.model_type, args.max_txt_len)  # fresh: nothing cached yet
+        epoch1.append(one_pass(pre, convs, args.batch_size))
+        rates, start = [], time.perf_counter()
+        while not rates or time.perf_counter() - start < args.seconds:
+            rates.append(one_pass(pre, convs, args.batch_size))
+        later.append(median(rates))
+    sample = build_preprocessor(args.model_type, args.max_txt_len)(convs[:64], [1] * 64)
+    figures = {"conversations_per_s_epoch1": round(median(epoch1)), "conversations_per_s_epoch2plus": round(median(later)),
+               "runs_epoch1": [round(x) for x in epoch1], "runs_epoch2plus": [round(x) for x in later],
+               "mean_tokens_per_conversation": round(sum(sample.lengths) / len(sample.lengths), 1),
+               "text_cache": bool(getattr(build_preprocessor(args.model_type, args.max_txt_len), "cache_size", 0))}
+    config = dict(vars(args), pinned_core=core)
+    return emit("bench_preprocess", config, figures)
+
+
+if __name__ == "__main__":
+    main()
