@@ -334,3 +334,12 @@ def test_load_model_and_preprocess_generates_text_from_a_pil_image():
                          max_new_tokens=4)
     assert len(out) == 1 and isinstance(out[0], str)
     assert "minigpt4qwen" in str(model_zoo) and "qwen2.5_7b_instruct" in str(model_zoo)
+
+
+def test_missing_image_token_is_added_as_a_special_token():
+    model = build(image_token="<|vision_pad|>")
+    tok = model.tokenizer
+    assert len(tok) == 694 and model.llm_model.get_input_embeddings().weight.shape[0] == 694
+    assert tok("<|vision_pad|>", add_special_tokens=False).input_ids == [model.image_token_id]
+    out = model(batch(2))
+    assert torch.isfinite(out["loss"])
