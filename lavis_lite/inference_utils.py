@@ -1,0 +1,233 @@
+"""Helpers shared by the inference tools (chat CLI, web demo, batch prediction, merge, export).
+
+- :func:`open_image` opens an image file and raises :class:`ImageLoadError` naming the file.
+- :class:`GenerationSettings` holds the generation knobs with typed, range-checked updates
+  (``:conf key=value`` in the CLI, sliders in the web demo, flags of ``predict``).
+- :func:`load_model_from_cfg` builds a model (plus its eval image processor) from a model
+  YAML, a run YAML or an exported folder, then loads a checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Iterable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+EXPORT_CONFIG_NAME = "config.yaml"
+EXPORT_WEIGHTS_NAME = "model.safetensors"
+
+
+class ImageLoadError(ValueError):
+    """An image path that does not exist or a file that is not a readable image."""
+
+
+def open_image(path: str | os.PathLike):
+    """Open ``path`` as an RGB PIL image, fully decoded (so truncated files fail here, not later)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(path):
+        raise ImageLoadError(f"Image {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ImageLoadError(f"Image path {path!r} is a directory, not an image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"Image {path!r} is not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated / damaged data
+        raise ImageLoadError(f"Image {path!r} could not be decoded: {err}") from None
+
+
+def load_image_tensor(path: str | os.PathLike, image_processor) -> torch.Tensor:
+    """Open ``path`` and run it through the eval image processor -> Tensor[3, S, S]."""
+    return image_processor(open_image(path))
+
+
+# ---------------------------------------------------------------------------------------
+# Generation settings
+# ---------------------------------------------------------------------------------------
+def _parse_int(text) -> int:
+    value = float(str(text).strip())  # sliders send 3.0 for 3
+    if value != int(value):
+        raise ValueError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def _parse_bool(text: str) -> bool:
+    low = str(text).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+@dataclasses.dataclass
+class GenerationSettings:
+    """The keyword arguments of ``model.generate`` / ``model.chat`` that users may change."""
+
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    min_length: int = 1
+    top_p: float = 0.9
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    do_sample: bool = False
+
+    # key -> (parser, lower bound, upper bound); None means unbounded.
+    _RULES = {
+        "max_new_tokens": (_parse_int, 1, None),
+        "num_beams": (_parse_int, 1, None),
+        "min_length": (_parse_int, 0, None),
+        "top_p": (float, 0.0, 1.0),
+        "temperature": (float, 0.0, None),
+        "repetition_penalty": (float, 0.0, None),
+        "do_sample": (_parse_bool, None, None),
+    }
+
+    def set(self, key: str, value: Any) -> None:
+        """Set ``key`` from a string or a value; raise ``ValueError`` naming the key on bad input."""
+        if key not in self._RULES:
+            raise ValueError(f"Unknown generation setting {key!r}; known: {', '.join(sorted(self._RULES))}")
+        parse, low, high = self._RULES[key]
+        try:
+            parsed = parse(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Bad value for {key}: {err}") from None
+        if low is not None and parsed < low or high is not None and parsed > high:
+            rng = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise ValueError(f"{key}={parsed} is out of range {rng}")
+        if key == "temperature" and parsed == 0.0:
+            raise ValueError("temperature must be > 0 (use do_sample=false for greedy decoding)")
+        setattr(self, key, parsed)
+
+    def update_from_strings(self, items: Iterable[str]) -> None:
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"Expected key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            self.set(key.strip(), value.strip())
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+# ---------------------------------------------------------------------------------------
+# Model loading
+# ---------------------------------------------------------------------------------------
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_cfg_path(cfg_path: str | os.PathLike) -> str:
+    """A YAML file, or a folder written by ``lavis_lite.tools.export`` (its config.yaml)."""
+    cfg_path = os.path.expanduser(os.fspath(cfg_path))
+    if os.path.isdir(cfg_path):
+        cand = os.path.join(cfg_path, EXPORT_CONFIG_NAME)
+        if not os.path.isfile(cand):
+            raise FileNotFoundError(f"Folder {cfg_path!r} holds no {EXPORT_CONFIG_NAME}")
+        return cand
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"Config {cfg_path!r} does not exist")
+    return cfg_path
+
+
+def build_model_config(cfg_path: str | os.PathLike, options: Iterable[str] = ()) -> DictConfig:
+    """The merged ``model`` section of a model YAML, run YAML or export folder.
+
+    Layers as in training (later wins): the model class's default YAML for ``model_type``
+    < the file's ``model:`` section < ``options`` (``model.key=value`` or ``key=value``).
+    """
+    from lavis_lite.common.config import Config, ConfigError, parse_options
+
+    path = resolve_cfg_path(cfg_path)
+    raw = OmegaConf.load(path)
+    if "model" not in raw or raw.model is None:
+        raise ConfigError(f"Missing required section 'model' in {path}")
+    if raw.get("imports"):
+        from lavis_lite.common.plugins import import_plugins
+        import_plugins(list(raw.imports), base_dir=os.path.dirname(os.path.abspath(path)))
+    opts = parse_options([o if o.startswith("model.") else f"model.{o}" for o in options])
+    merged = Config.build_model_config(raw, opts.get("model", None), path)
+    return OmegaConf.merge(merged, {"model": opts.get("model", {})}).model
+
+
+def find_image_processor_config(cfg_path, model_cfg: DictConfig) -> DictConfig:
+    """Which eval image processor a config asks for, first found wins:
+
+    the model's ``preprocess.vis_processor.eval``; a run YAML's first
+    ``datasets.<name>.vis_processor.eval``; else ``blip2_image_eval`` at the model's ``image_size``.
+    """
+    found = OmegaConf.select(model_cfg, "preprocess.vis_processor.eval")
+    if found is None:
+        raw = OmegaConf.load(resolve_cfg_path(cfg_path))
+        for section in (raw.get("datasets", None) or {}).values():
+            found = OmegaConf.select(section, "vis_processor.eval") if section is not None else None
+            if found is not None:
+                break
+    if found is None:
+        found = OmegaConf.create({"name": "blip2_image_eval", "image_size": int(model_cfg.get("image_size", 224))})
+    if "name" not in found:
+        raise ValueError(f"Image processor config {OmegaConf.to_container(found)} in {cfg_path} has no 'name'")
+    return found
+
+
+def build_eval_image_processor(proc_cfg: DictConfig):
+    from lavis_lite.common.registry import registry
+
+    return registry.get_processor_class(proc_cfg.name).from_config(proc_cfg)
+
+
+def load_model_from_cfg(cfg_path, checkpoint: str | None = None, device: str | None = "cpu",
+                        options: Iterable[str] = ()):
+    """Build the model described by ``cfg_path`` in eval mode on ``device``.
+
+    ``checkpoint`` may be a training checkpoint file (trainable weights), a full
+    ``model.safetensors`` or an export folder. With ``cfg_path`` an export folder and no
+    checkpoint, the folder's own weights are loaded. Returns ``(model, image_processor, model_cfg)``.
+    """
+    from lavis_lite.common.registry import registry
+
+    model_cfg = build_model_config(cfg_path, options)
+    if checkpoint is None and os.path.isdir(os.path.expanduser(os.fspath(cfg_path))):
+        checkpoint = os.fspath(cfg_path)
+    model_cls = registry.get_model_class(model_cfg.arch)
+    model = model_cls.from_config(model_cfg)
+    if checkpoint:
+        load_weights(model, checkpoint)
+    model = model.to(resolve_device(device)).eval()
+    return model, build_eval_image_processor(find_image_processor_config(cfg_path, model_cfg)), model_cfg
+
+
+def resolve_checkpoint_file(checkpoint: str | os.PathLike) -> str:
+    """A weights file, or the weights file inside an export / checkpoint folder."""
+    path = os.path.expanduser(os.fspath(checkpoint))
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        for name in (EXPORT_WEIGHTS_NAME, "model.pth", "pytorch_model.bin"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise FileNotFoundError(f"Checkpoint folder {path!r} holds no {EXPORT_WEIGHTS_NAME}")
+    raise FileNotFoundError(f"Checkpoint {path!r} does not exist")
+
+
+def load_weights(model, checkpoint: str | os.PathLike) -> dict:
+    """Load a checkpoint into ``model`` by name; unexpected keys or shape mismatches raise."""
+    path = resolve_checkpoint_file(checkpoint)
+    report = model.load_checkpoint(path)
+    logger.info("loaded %s", path)
+    return report
