@@ -343,3 +343,28 @@ def test_missing_image_token_is_added_as_a_special_token():
     assert tok("<|vision_pad|>", add_special_tokens=False).input_ids == [model.image_token_id]
     out = model(batch(2))
     assert torch.isfinite(out["loss"])
+
+
+def test_stage1_runner_checkpoint_folder_loads(tmp_path):
+    model = build()
+    state = blip2_stage1_state(model, extra_block=False)
+    (tmp_path / "checkpoint_best").mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "checkpoint_best" / "model.safetensors"))
+    other = build(q_former_model=str(tmp_path / "checkpoint_best"))
+    assert torch.equal(other.query_tokens, state["query_tokens"])
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        other.load_from_pretrained(str(tmp_path))
+
+
+def test_load_model_from_an_export_folder(tmp_path):
+    trained = build(seed=4, max_txt_len=100)
+    with torch.no_grad():
+        trained.llm_proj.bias.fill_(0.25)
+    save_file(trained.trainable_state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.yaml").write_text("model:\n  arch: minigpt4qwen\n  model_type: tiny\n  max_txt_len: 100\n")
+    model = load_model("minigpt4qwen", "tiny", is_eval=True, checkpoint=str(tmp_path))
+    assert model.chatml.max_txt_len == 100 and not model.training
+    assert torch.all(model.llm_proj.bias == 0.25)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_model("minigpt4qwen", "tiny", checkpoint=str(tmp_path))

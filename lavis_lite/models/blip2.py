@@ -82,7 +82,8 @@ class Blip2Base(BaseModel):
         return any(re.match(p, key) for p in TEXT_SIDE_PATTERNS)
 
     def load_from_pretrained(self, url_or_filename: str) -> dict:
-        """Load a BLIP-2 / stage-1 checkpoint (local path, file:// URL or cached URL) by name.
+        """Load a BLIP-2 / stage-1 checkpoint (local file, runner checkpoint folder, file:// URL or cached
+        URL) by name.
 
         Accepts a top-level ``"model"`` key or a bare state dict. ``query_tokens`` of another count are
         dropped (logged). Keys this model has no place for are dropped and reported by name when they are
@@ -90,8 +91,15 @@ class Blip2Base(BaseModel):
         temp) or ViT parts BLIP-2 never uses; anything else that does not fit raises.
         Returns {"loaded", "dropped", "missing"}.
         """
+        import os
+
         from lavis_lite.common.dist_utils import download_cached_file
 
+        folder = os.path.expanduser(str(url_or_filename))
+        if os.path.isdir(folder):  # a training checkpoint directory of our runner
+            url_or_filename = os.path.join(folder, "model.safetensors")
+            if not os.path.isfile(url_or_filename):
+                raise FileNotFoundError(f"checkpoint folder {folder!r} holds no model.safetensors")
         path = download_cached_file(url_or_filename, check_hash=False)
         state = load_state_dict_file(path)
         own = self.state_dict()

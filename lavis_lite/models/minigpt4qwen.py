@@ -86,7 +86,7 @@ class Minigpt4Qwen(Blip2Base):
 
         if q_former_model:
             path = q_former_model if "://" in str(q_former_model) else \
-                llm_utils.resolve_local_path(q_former_model, "q_former_model", want_dir=False)
+                llm_utils.resolve_local_path(q_former_model, "q_former_model")  # file or runner checkpoint folder
             self.load_from_pretrained(path)
         self._apply_freezing()
         if llm_grad_checkpoint:
