@@ -126,7 +126,12 @@ def test_captioning_finds_gt_next_to_annotation_and_errors_without(tmp_path, res
     (tmp_path / "val.json").write_text("[]")
     (tmp_path / "val_gt.json").write_text("{}")
     task.prepare_references(SimpleNamespace(ann_paths=[str(tmp_path / "val.json")]))
-    assert task.gt_file("val") == str(tmp_path / "val_gt.json")
+    assert task.gt_file("val") == [str(tmp_path / "val_gt.json")]
+    # several datasets in one split (the runner's ConcatDataset): every ground-truth file, once
+    parts = [SimpleNamespace(gt_path="a_gt.json"), SimpleNamespace(gt_path="b_gt.json"),
+             SimpleNamespace(gt_path="a_gt.json")]
+    task.prepare_references(SimpleNamespace(datasets=parts))
+    assert task.gt_file("val") == ["a_gt.json", "b_gt.json"]
     task.prepare_references(None)
     with pytest.raises(FileNotFoundError, match="caption_gt_files.val"):
         task.gt_file("val")
@@ -169,6 +174,20 @@ def test_vqa_task_official_accuracy(tmp_path, result_dir):
     assert metrics["per_answer_type"] == {"number": 100.0, "other": 60.0, "yes/no": 0.0}
     assert json.loads((result_dir / "val_metrics.json").read_text())["epoch"] == 1
     assert vqa_accuracy("red", ["red"] * 2 + ["blue"] * 8) == pytest.approx(0.6)
+
+
+def test_vqa_official_annotation_file_gives_answer_types(tmp_path, result_dir):
+    # The official v2_mscoco_*_annotations.json layout, named per split by run.vqa_annotation_files.
+    official = {"annotations": [{"question_id": 7, "answer_type": "number", "question_type": "how many",
+                                 "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(["2"] * 3 + ["3"] * 7)]}]}
+    (tmp_path / "official.json").write_text(json.dumps(official))
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps([{"question_id": 7, "question": "How many?", "answer": ["2"]}]))
+    items = [{"question": "How many?", "question_id": 7, "instance_id": "0"}]
+    loader = DataLoader(ListDataset(items, _vqa_collate, ann_paths=[str(plain)]), batch_size=1, collate_fn=_vqa_collate)
+    task = VQATask.setup_task(make_cfg(vqa_annotation_files={"val": str(tmp_path / "official.json")}))
+    metrics = task.after_evaluation(task.evaluation(ScriptedModel({7: "2"}), loader), "val", 0)
+    assert metrics["overall"] == 90.0 and metrics["per_answer_type"] == {"number": 90.0}
 
 
 def test_vqa_prompt_needs_placeholder_and_clean_answer():

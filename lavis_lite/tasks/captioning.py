@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from lavis_lite.common.registry import registry
-from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_option
+from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
 from lavis_lite.tasks.metrics.caption_eval import coco_caption_eval
 
 
@@ -28,20 +28,23 @@ class CaptionTask(GenerativeEvalTask):
         metrics = run_option(cfg, "caption_metrics", None)
         self.metrics = list(metrics) if metrics is not None else None
         self.gt_files = dict(run_option(cfg, "caption_gt_files", {}) or {})
-        self._dataset_gt = None
+        self._dataset_gt: list[str] = []
 
     def prepare_references(self, dataset) -> None:
-        self._dataset_gt = None
-        if dataset is None:
-            return
-        gt = getattr(dataset, "gt_path", None)
-        if not gt:
-            guesses = [os.path.splitext(p)[0] + "_gt.json" for p in getattr(dataset, "ann_paths", [])]
-            gt = next((g for g in guesses if os.path.isfile(g)), None)
-        self._dataset_gt = gt
+        files = []
+        for part in leaf_datasets(dataset):
+            gt = getattr(part, "gt_path", None)
+            if not gt:
+                guesses = [os.path.splitext(p)[0] + "_gt.json" for p in getattr(part, "ann_paths", [])]
+                gt = next((g for g in guesses if os.path.isfile(g)), None)
+            if gt and gt not in files:
+                files.append(gt)
+        self._dataset_gt = files
 
-    def gt_file(self, split_name: str) -> str:
+    def gt_file(self, split_name: str) -> list[str]:
         gt = self.gt_files.get(split_name) or self._dataset_gt
+        if isinstance(gt, str):
+            gt = [gt]
         if not gt:
             raise FileNotFoundError(f"captioning: no ground-truth file for split {split_name!r}; set "
                                     f"run.caption_gt_files.{split_name} or give the dataset a gt_path")

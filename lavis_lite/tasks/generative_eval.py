@@ -45,17 +45,20 @@ def find_dataset(data_loader):
     """The Dataset behind a DataLoader (or a runner's wrapper around one), else None."""
     obj = data_loader
     for _ in range(5):
-        if obj is None:
-            return None
-        if hasattr(obj, "annotation") or hasattr(obj, "ann_paths"):
+        if obj is None or hasattr(obj, "annotation") or hasattr(obj, "datasets"):
             return obj
-        nxt = None
-        for attr in ("dataset", "loader", "_dataloader", "data_loader"):
-            if getattr(obj, attr, None) is not None:
-                nxt = getattr(obj, attr)
-                break
-        obj = nxt
+        obj = next((getattr(obj, a) for a in ("dataset", "loader", "_dataloader", "data_loader")
+                    if getattr(obj, a, None) is not None), None)
     return None
+
+
+def leaf_datasets(dataset) -> list:
+    """``[dataset]``, or the parts of a ConcatDataset (as the runner builds for several datasets)."""
+    if dataset is None:
+        return []
+    if hasattr(dataset, "datasets"):
+        return [leaf for part in dataset.datasets for leaf in leaf_datasets(part)]
+    return [dataset]
 
 
 class GenerativeEvalTask(BaseTask):
@@ -77,10 +80,14 @@ class GenerativeEvalTask(BaseTask):
 
     # ---- hooks for subclasses -------------------------------------------------------------------
     def prepare_references(self, dataset) -> None:
-        """Called at the start of ``evaluation`` with the split's Dataset (may be None)."""
+        """Called at the start of ``evaluation`` with the split's Dataset (may be None or a ConcatDataset)."""
 
     def compute_metrics(self, records: list[dict], split_name: str) -> dict:
         raise NotImplementedError
+
+    def before_evaluation(self, model, dataset, **kwargs):
+        super().before_evaluation(model, dataset, **kwargs)
+        self.eval_dataset = dataset
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(self, model, samples: dict, prompts: list[str] | None = None) -> list[str]:
@@ -104,7 +111,7 @@ class GenerativeEvalTask(BaseTask):
     @torch.no_grad()
     def evaluation(self, model, data_loader, device=None, log_freq=50, **kwargs) -> list[dict]:
         model.eval()
-        self.eval_dataset = find_dataset(data_loader)
+        self.eval_dataset = find_dataset(data_loader) or self.eval_dataset
         self.prepare_references(self.eval_dataset)
         if device is None:
             device = getattr(_unwrap(model), "device", None)

@@ -8,14 +8,16 @@ annotations carry the types. A split without answers (a test-dev submission) is 
 
 Run options: ``prompt`` with ``{}`` for the question (default below), ``vqa_always_normalize``
 (default false: the official script normalises only when annotators disagree), ``clean_answers``
-(default true: first line of the generation, lower-cased, trailing period dropped).
+(default true: first line of the generation, lower-cased, trailing period dropped),
+``vqa_annotation_files`` (``{split: path | [paths]}``, e.g. the official ``v2_mscoco_val2014_annotations.json``
+for per-answer-type figures; otherwise the split's own annotation files).
 """
 from __future__ import annotations
 
 import logging
 
 from lavis_lite.common.registry import registry
-from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_option
+from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
 from lavis_lite.tasks.metrics.vqa_eval import vqa_score
 
 logger = logging.getLogger(__name__)
@@ -62,11 +64,16 @@ class VQATask(GenerativeEvalTask):
             raise ValueError(f"vqa: run.prompt must contain '{{}}' where the question goes, got {self.prompt!r}")
         self.always_normalize = bool(run_option(cfg, "vqa_always_normalize", False))
         self.clean_answers = bool(run_option(cfg, "clean_answers", True))
+        self.annotation_files = dict(run_option(cfg, "vqa_annotation_files", {}) or {})
         self.annotations: dict = {}
 
     def prepare_references(self, dataset) -> None:
-        paths = getattr(dataset, "ann_paths", None) if dataset is not None else None
-        self.annotations = load_vqa_annotations(paths) if paths else {}
+        self.annotations = load_vqa_annotations([p for part in leaf_datasets(dataset)
+                                                 for p in getattr(part, "ann_paths", [])])
+
+    def references(self, split_name: str) -> dict:
+        path = self.annotation_files.get(split_name)
+        return load_vqa_annotations([path] if isinstance(path, str) else list(path)) if path else self.annotations
 
     def valid_step(self, model, samples) -> list[dict]:
         questions = samples["text_input"]
@@ -78,14 +85,15 @@ class VQATask(GenerativeEvalTask):
                 for q, a, k in zip(samples["question_id"], answers, inst)]
 
     def compute_metrics(self, records: list[dict], split_name: str) -> dict:
-        if not self.annotations:
+        annotations = self.references(split_name)
+        if not annotations:
             logger.warning("vqa: split %r has no human answers; %d predictions saved for submission, not scored",
                            split_name, len(records))
             return {"agg_metrics": 0.0, "n": len(records), "scored": False}
-        scores = vqa_score(records, self.annotations, always_normalize=self.always_normalize)
+        scores = vqa_score(records, annotations, always_normalize=self.always_normalize)
         scores.pop("per_question")
-        missing = len(self.annotations) - scores["n"]
+        missing = len(annotations) - scores["n"]
         if missing > 0:
             logger.warning("vqa: %d of %d annotated questions of %r have no prediction",
-                           missing, len(self.annotations), split_name)
+                           missing, len(annotations), split_name)
         return {**scores, "agg_metrics": scores["overall"]}

@@ -179,9 +179,13 @@ def load_coco_references(gt_file: str) -> dict:
     return refs
 
 
-def coco_caption_eval(gt_file: str, results: list[dict], metrics=None) -> dict:
-    """Score ``[{"image_id", "caption"}, ...]`` against a COCO ground-truth file (ids compared as strings)."""
-    references = load_coco_references(gt_file)
+def coco_caption_eval(gt_file, results: list[dict], metrics=None) -> dict:
+    """Score ``[{"image_id", "caption"}, ...]`` against COCO ground-truth file(s) (ids compared as strings)."""
+    gt_files = [gt_file] if isinstance(gt_file, (str, os.PathLike)) else list(gt_file)
+    references: dict[str, list[str]] = {}
+    for path in gt_files:
+        for key, refs in load_coco_references(str(path)).items():
+            references.setdefault(key, []).extend(refs)
     candidates = {}
     for i, r in enumerate(results):
         if "image_id" not in r or "caption" not in r:
@@ -193,5 +197,5 @@ def coco_caption_eval(gt_file: str, results: list[dict], metrics=None) -> dict:
     missing = len(set(references) - set(candidates))
     if missing:
         logger.warning("%d of %d ground-truth images in %s have no generated caption; scoring the %d that do",
-                       missing, len(references), gt_file, len(candidates))
+                       missing, len(references), ", ".join(map(str, gt_files)), len(candidates))
     return score_captions(references, candidates, metrics=metrics)
