@@ -196,20 +196,32 @@ def load_model_from_cfg(cfg_path, checkpoint: str | None = None, device: str | N
     """Build the model described by ``cfg_path`` in eval mode on ``device``.
 
     ``checkpoint`` may be a training checkpoint file (trainable weights), a full
-    ``model.safetensors`` or an export folder. With ``cfg_path`` an export folder and no
-    checkpoint, the folder's own weights are loaded. Returns ``(model, image_processor, model_cfg)``.
+    ``model.safetensors`` or an export folder. With ``cfg_path`` an export folder (or its
+    config.yaml) and no checkpoint, the folder's own weights are loaded. Returns ``(model, image_processor, model_cfg)``.
     """
     from lavis_lite.common.registry import registry
 
     model_cfg = build_model_config(cfg_path, options)
-    if checkpoint is None and os.path.isdir(os.path.expanduser(os.fspath(cfg_path))):
-        checkpoint = os.fspath(cfg_path)
+    if checkpoint is None:
+        checkpoint = export_weights_of(cfg_path)
     model_cls = registry.get_model_class(model_cfg.arch)
     model = model_cls.from_config(model_cfg)
     if checkpoint:
         load_weights(model, checkpoint)
     model = model.to(resolve_device(device)).eval()
     return model, build_eval_image_processor(find_image_processor_config(cfg_path, model_cfg)), model_cfg
+
+
+def export_weights_of(cfg_path) -> str | None:
+    """The weights file of an export folder (``cfg_path`` is the folder or its config.yaml), else None."""
+    path = resolve_cfg_path(cfg_path)
+    marker = OmegaConf.load(path).get("export", None)
+    if not marker:
+        return None
+    weights = os.path.join(os.path.dirname(os.path.abspath(path)), marker.get("weights", EXPORT_WEIGHTS_NAME))
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{path} describes an export but its weights {weights!r} are missing")
+    return weights
 
 
 def resolve_checkpoint_file(checkpoint: str | os.PathLike) -> str:

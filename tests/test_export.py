@@ -1,0 +1,126 @@
+"""Whole-model export: config.yaml + model.safetensors + tokenizer, reopened with identical outputs."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from lavis_lite.inference_utils import load_image_tensor, load_model_from_cfg
+from lavis_lite.tools.export import export_model, main as export_main
+
+TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
+PROMPTS = ["What is in the picture?", "Which colour?"]
+
+
+def _talkative(model, seed=0):
+    """A freshly initialised tiny model only ever answers newlines (empty after strip) and barely
+    sees the image; larger random weights make answers varied, non-empty and image-dependent."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY_MODEL_YAML)
+    model, image_processor, model_cfg = load_model_from_cfg(str(cfg))
+    _talkative(model)
+    images = []
+    for i in range(2):
+        path = root / f"img{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(path)
+        images.append(load_image_tensor(path, image_processor))
+    return root, cfg, model, image_processor, model_cfg, torch.stack(images)
+
+
+def _outputs(model, images):
+    """Greedy answers plus the training loss: both must survive the round trip exactly."""
+    samples = {"image": images, "n_images": [1, 1], "prompt": PROMPTS}
+    answers = model.generate(samples, max_new_tokens=6, min_length=6)
+    convs = [[{"from": "human", "value": "<ImageHere>\n" + p}, {"from": "gpt", "value": "a red square"}]
+             for p in PROMPTS]
+    with torch.no_grad():
+        loss = model({"image": images, "n_images": [1, 1], "conversations": convs})["loss"]
+    return answers, loss
+
+
+def _assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_export_reopens_with_identical_outputs(setup):
+    from lavis_lite.models import load_model
+
+    root, _, model, image_processor, model_cfg, images = setup
+    out = root / "exported"
+    export_model(model, model_cfg, str(out))
+    files = set(os.listdir(out))
+    assert {"config.yaml", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= files
+    saved = OmegaConf.load(out / "config.yaml")
+    assert saved.model.arch == "minigpt4qwen" and saved.model.model_type == "tiny"
+    assert saved.export.weights == "model.safetensors"
+    assert saved.model.preprocess.vis_processor.eval.name == "blip2_image_eval"
+
+    answers, loss = _outputs(model, images)
+    assert all(answers) and answers[0] != answers[1]
+
+    # the model engineer's entry point, and the tools' loader (folder or its config.yaml)
+    for reopened in (load_model("minigpt4qwen", "tiny", is_eval=True, checkpoint=str(out)),
+                     load_model_from_cfg(str(out))[0],
+                     load_model_from_cfg(str(out / "config.yaml"))[0]):
+        _assert_same_weights(model, reopened)
+        got_answers, got_loss = _outputs(reopened, images)
+        assert got_answers == answers
+        assert torch.equal(got_loss, loss)
+
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_model(model, model_cfg, str(out))
+
+
+def test_export_command_line_round_trip(setup, capsys):
+    root, _, model, _, _, images = setup
+    first = root / "cli_first"
+    export_model(model, load_model_from_cfg(str(setup[1]))[2], str(first))
+    second = root / "cli_second"
+    assert export_main(["--cfg-path", str(first), "--out", str(second)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["exported"] == str(second) and "model.safetensors" in report["files"]
+    _assert_same_weights(model, load_model_from_cfg(str(second))[0])
+    assert export_main(["--cfg-path", str(first), "--out", str(second)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_export_of_model_built_from_llm_folder_is_self_contained(setup, tmp_path):
+    """llm_model pointing at a HF folder: the export must reopen after that folder is gone."""
+    _, _, model, _, _, images = setup
+    llm_dir = tmp_path / "hf_llm"
+    model.llm_model.save_pretrained(llm_dir)
+    model.tokenizer.save_pretrained(llm_dir)
+    cfg = tmp_path / "from_folder.yaml"
+    cfg.write_text(TINY_MODEL_YAML + f"  llm_model: {llm_dir}\n  llm_config: null\n")
+    built, _, built_cfg = load_model_from_cfg(str(cfg))
+    built.load_state_dict(model.state_dict())  # same weights for vision + projection too
+    answers, loss = _outputs(built, images)
+
+    out = tmp_path / "exported"
+    export_model(built, built_cfg, str(out))
+    shutil.rmtree(llm_dir)
+    saved = OmegaConf.load(out / "config.yaml").model
+    assert saved.llm_model is None and saved.llm_config.hidden_size == model.llm_model.config.hidden_size
+    assert saved.tokenizer == str(out)
+    reopened = load_model_from_cfg(str(out))[0]
+    _assert_same_weights(built, reopened)
+    got_answers, got_loss = _outputs(reopened, images)
+    assert got_answers == answers and torch.equal(got_loss, loss)
