@@ -1,0 +1,238 @@
+"""The bundled demo data: layout, determinism, answers re-derived from drawn parameters and pixels,
+COCO ground truth, and batches the models accept."""
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+
+import lavis_lite  # noqa: F401
+from lavis_lite.datasets import demo
+from lavis_lite.datasets.builders import load_dataset
+
+N = 120
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    demo.generate(str(out), n=N, seed=0)
+    return out
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            p = os.path.join(dirpath, name)
+            h.update(os.path.relpath(p, root).encode())
+            with open(p, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def test_layout(demo_dir):
+    for split, n in (("train", N - 24), ("val", 12), ("test", 12)):
+        assert len(_load(demo_dir / "instruction" / f"{split}.json")) == n
+        assert len(_load(demo_dir / "llava" / f"{split}.json")) == n
+        for sub in ("caption", "vqa"):
+            assert (demo_dir / sub / f"{split}.json").is_file()
+        assert (demo_dir / "caption" / f"{split}_gt.json").is_file()
+        assert any(p.suffix == ".png" for p in (demo_dir / "images" / split).iterdir())
+    shards = sorted(p.name for p in (demo_dir / "shards").glob("*.tar"))
+    assert shards[:4] == ["test-000000.tar", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+
+
+def test_deterministic_given_seed(tmp_path, demo_dir):
+    demo.generate(str(tmp_path / "a"), n=N, seed=0)
+    assert _digest(tmp_path / "a") == _digest(demo_dir)
+    demo.generate(str(tmp_path / "b"), n=N, seed=1)
+    assert _load(tmp_path / "b" / "instruction" / "train.json") != _load(demo_dir / "instruction" / "train.json")
+
+
+# ---- independent re-derivation of every answer ------------------------------------------------------
+RGB = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40)}
+BG = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
+
+
+def _shape_from_pixels(img, s):
+    """square: near its bbox corner is filled; circle: far left of the centre row is filled; else triangle."""
+    cx, cy, h = s["cx"], s["cy"], s["size"] / 2
+    filled = lambda x, y: img.getpixel((int(round(x)), int(round(y)))) == RGB[s["colour"]]  # noqa: E731
+    if filled(cx - 0.9 * h, cy - 0.9 * h):
+        return "square"
+    return "circle" if filled(cx - 0.78 * h, cy) else "triangle"
+
+
+def _check_image(path, params, size):
+    img = Image.open(path).convert("RGB")
+    assert img.size == (size, size)
+    assert img.getpixel((0, 0)) == BG[params["background"]]
+    for s in params["shapes"]:
+        assert img.getpixel((s["cx"], s["cy"])) == RGB[s["colour"]]
+        assert _shape_from_pixels(img, s) == s["shape"]
+
+
+def _expected(kind, params, size):
+    s0 = params[0]["shapes"][0]
+    if kind == "colour":
+        return s0["colour"]
+    if kind == "shape":
+        return s0["shape"]
+    if kind == "count":
+        return str(len(params[0]["shapes"]))
+    if kind == "position":
+        dx, dy = s0["cx"] - size / 2, s0["cy"] - size / 2
+        return ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("top" if dy < 0 else "bottom")
+    if kind == "describe":
+        return s0["colour"] + " " + s0["shape"]  # contained in the description
+    if kind.startswith("compare_"):
+        key = kind.split("_")[1]
+        return "yes" if params[0]["shapes"][0][key] == params[1]["shapes"][0][key] else "no"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_answers_match_drawn_parameters_and_pixels(demo_dir, split):
+    for rec in _load(demo_dir / "instruction" / f"{split}.json"):
+        images = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+        assert len(images) == len(rec["params"])
+        for path, params in zip(images, rec["params"]):
+            _check_image(demo_dir / "images" / path, params, 32)
+        outputs = rec["output"] if isinstance(rec["output"], list) else [rec["output"]]
+        instructions = rec["instruction"] if isinstance(rec["instruction"], list) else [rec["instruction"]]
+        assert len(outputs) == len(instructions) == len(rec["turn_types"])
+        assert instructions[0].count("<ImageHere>") == len(images)
+        for kind, out in zip(rec["turn_types"], outputs):
+            want = _expected(kind, rec["params"], 32)
+            assert (want in out) if kind == "describe" else (out == want), (rec["id"], kind, out, want)
+        assert rec["question_type"] in {"colour", "shape", "count", "position", "describe", "compare"}
+
+
+def test_main_images_are_large_and_centred(demo_dir):
+    for rec in _load(demo_dir / "instruction" / "train.json"):
+        if rec["question_type"] in ("colour", "shape"):
+            s = rec["params"][0]["shapes"][0]
+            assert len(rec["params"][0]["shapes"]) == 1
+            assert s["size"] >= 0.5 * 32 and abs(s["cx"] - 16) <= 3 and abs(s["cy"] - 16) <= 3
+
+
+def test_question_mix(tmp_path):
+    demo.generate(str(tmp_path), n=500, seed=0)
+    recs = _load(tmp_path / "instruction" / "train.json")
+    kinds = Counter(r["question_type"] for r in recs)
+    assert set(kinds) == {"colour", "shape", "count", "position", "describe", "compare"}
+    assert (kinds["colour"] + kinds["shape"]) / len(recs) > 0.55
+    assert sum(len(r["turn_types"]) > 1 for r in recs) > 0  # multi-turn records exist
+    assert {r["output"] for r in recs if r["question_type"] == "count"} == {"1", "2", "3"}
+
+
+def test_llava_and_vqa_mirror_instruction(demo_dir):
+    instr = _load(demo_dir / "instruction" / "val.json")
+    llava = _load(demo_dir / "llava" / "val.json")
+    for a, b in zip(instr, llava):
+        assert a["id"] == b["id"] and a["image"] == b["image"]
+        outs = a["output"] if isinstance(a["output"], list) else [a["output"]]
+        assert [t["value"] for t in b["conversations"][1::2]] == outs
+        assert b["conversations"][0]["value"].count("<image>") == len(a["params"])
+    vqa = _load(demo_dir / "vqa" / "val.json")
+    by_image = {a["image"]: a for a in instr if isinstance(a["image"], str)}
+    assert len({q["question_id"] for q in vqa}) == len(vqa) > 0
+    for q in vqa:
+        rec = by_image[q["image"]]
+        assert q["answer"] == [_expected(q["question_type"], rec["params"], 32)]
+
+
+def test_caption_files_and_coco_ground_truth(demo_dir):
+    from pycocoevalcap.bleu.bleu import Bleu
+    train = _load(demo_dir / "caption" / "train.json")
+    ids = Counter(r["image_id"] for r in train)
+    assert set(ids.values()) == {2}  # two captions per image share the image id
+    val = _load(demo_dir / "caption" / "val.json")
+    gt = _load(demo_dir / "caption" / "val_gt.json")
+    assert {i["id"] for i in gt["images"]} == {r["image_id"] for r in val}
+    assert len({a["id"] for a in gt["annotations"]}) == len(gt["annotations"])
+    refs = {}
+    for a in gt["annotations"]:
+        refs.setdefault(a["image_id"], []).append(a["caption"])
+    for r in val:
+        cap = r["caption"][0]
+        assert cap in refs[r["image_id"]]
+        # colour and shape are both in the caption
+        params = None
+        for rec in _load(demo_dir / "instruction" / "val.json"):
+            imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+            if r["image"] in imgs:
+                params = rec["params"][imgs.index(r["image"])]
+        s = params["shapes"][0]
+        assert s["colour"] in cap and s["shape"] in cap
+    score, _ = Bleu(4).compute_score(refs, {k: [v[0]] for k, v in refs.items()}, verbose=0)
+    assert score[3] > 0.99
+
+
+def test_image_size_option(tmp_path):
+    demo.generate(str(tmp_path), n=20, seed=0, size=48)
+    rec = _load(tmp_path / "instruction" / "train.json")[0]
+    path = rec["image"] if isinstance(rec["image"], str) else rec["image"][0]
+    _check_image(tmp_path / "images" / path, rec["params"][0], 48)
+    with pytest.raises(ValueError, match="size"):
+        demo.generate(str(tmp_path / "x"), n=20, size=8)
+
+
+def test_cli_and_preview(tmp_path, capsys):
+    demo.main(["--out", str(tmp_path / "d"), "--n", "30", "--seed", "2", "--preview", str(tmp_path / "p.png")])
+    assert "'train': 24" in capsys.readouterr().out
+    sheet = Image.open(tmp_path / "p.png")
+    assert sheet.size[0] > 8 * 32 and len(sheet.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 4
+
+
+@pytest.mark.slow
+def test_default_size_is_fast(tmp_path):
+    start = time.time()
+    counts = demo.generate(str(tmp_path), n=4000, seed=0)
+    assert counts == {"train": 3200, "val": 400, "test": 400}
+    assert time.time() - start < 30
+
+
+def _run_yaml(tmp_path, demo_dir, name, kind):
+    run = tmp_path / f"{name}.yaml"
+    run.write_text(
+        f"datasets:\n  {name}:\n    build_info:\n      annotations:\n"
+        f"        train: {{storage: {demo_dir}/{kind}/train.json}}\n"
+        f"        val: {{storage: {demo_dir}/{kind}/val.json}}\n"
+        f"      images: {{storage: {demo_dir}/images}}\n"
+        "    vis_processor:\n      train: {name: blip2_image_eval, image_size: 32}\n"
+        "      eval: {name: blip2_image_eval, image_size: 32}\n")
+    return str(run)
+
+
+def test_load_dataset_batches_feed_minigpt4qwen(tmp_path, demo_dir):
+    from lavis_lite.models import load_model
+    model = load_model("minigpt4qwen", "tiny")
+    for kind in ("instruction", "llava"):
+        splits = load_dataset("instruction", cfg_path=_run_yaml(tmp_path, demo_dir, "instruction", kind))
+        assert set(splits) == {"train", "val"}
+        ds = splits["train"]
+        batch = ds.collater([ds[i] for i in range(6)])
+        assert batch["image"].shape == (sum(batch["n_images"]), 3, 32, 32)
+        torch.manual_seed(0)
+        out = model(batch)
+        assert torch.isfinite(out["loss"]) and out["n_tokens"] > 0
+
+
+def test_caption_batches_feed_blip2_stage1(tmp_path, demo_dir):
+    from lavis_lite.models import load_model
+    ds = load_dataset("caption", cfg_path=_run_yaml(tmp_path, demo_dir, "caption", "caption"))["train"]
+    batch = ds.collater([ds[i] for i in range(4)])
+    assert batch["image_id"].tolist()[:2] == [batch["image_id"][0].item()] * 2
+    out = load_model("blip2", "tiny")(batch)
+    assert torch.isfinite(out["loss"])
