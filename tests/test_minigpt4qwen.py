@@ -368,3 +368,14 @@ def test_load_model_from_an_export_folder(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model("minigpt4qwen", "tiny", checkpoint=str(tmp_path))
+
+
+def test_generate_from_cached_features_equals_from_images():
+    model = scramble(build()).eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    feats, stage = model.extract_frozen_features(images)
+    prompts = ["What colour is the shape?", "Describe the image."]
+    from_images = model.generate({"image": images, "n_images": [1, 1], "prompt": prompts}, max_new_tokens=6)
+    from_cache = model.generate({"image": None, "image_features": feats, "image_features_stage": stage,
+                                 "n_images": [1, 1], "prompt": prompts}, max_new_tokens=6)
+    assert from_images == from_cache

@@ -25,3 +25,19 @@ def test_full_size_key_map_matches_released_checkpoint():
     assert len(model.visual_encoder.blocks) == 39
     assert [hasattr(layer, "crossattention") for layer in model.Qformer.bert.encoder.layer] == [True, False] * 6
     assert model.visual_encoder.blocks[0].attn.qkv.weight.dtype == torch.float16  # vit_precision: fp16
+
+
+def test_every_shipped_model_type_yaml_holds_only_known_keys():
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from lavis_lite.models.minigpt4qwen import META_KEYS
+
+    allowed = set(inspect.signature(Minigpt4Qwen.__init__).parameters) - {"self"} | META_KEYS
+    for model_type in Minigpt4Qwen.PRETRAINED_MODEL_CONFIG_DICT:
+        cfg = OmegaConf.load(Minigpt4Qwen.default_config_path(model_type)).model
+        assert cfg.model_type == model_type and cfg.arch == "minigpt4qwen"
+        assert set(cfg) <= allowed, (model_type, set(cfg) - allowed)
+        for key in ("vit_checkpoint", "q_former_model", "llm_model"):
+            assert key in cfg and cfg[key] is None, (model_type, key)  # user-set paths, nothing by default

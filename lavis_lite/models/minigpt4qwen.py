@@ -284,7 +284,7 @@ class Minigpt4Qwen(Blip2Base):
     @torch.no_grad()
     def generate(self, samples: dict, num_beams=1, max_new_tokens=30, min_length=1, top_p=0.9, temperature=1.0,
                  repetition_penalty=1.0, do_sample=False, streamer=None, **kwargs) -> list[str]:
-        image = samples.get("image", samples.get("image_features"))
+        image = samples.get("image") if samples.get("image") is not None else samples.get("image_features")
         batch_size = len(samples["conversations"]) if samples.get("conversations") is not None else \
             (1 if isinstance(samples.get("prompt"), str) else len(samples.get("prompt") or []))
         n_images = samples.get("n_images")
