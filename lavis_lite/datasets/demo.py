@@ -265,7 +265,15 @@ def _write_shards(shard_dir: str, split: str, records: list[dict], items, n_shar
 def write_preview(data_dir: str, path: str, split: str = "train", n: int = 8, scale: int = 4) -> None:
     """A picture of the first ``n`` records with their question and answer (for the README)."""
     with open(os.path.join(data_dir, "instruction", f"{split}.json")) as f:
-        records = json.load(f)[:n]
+        records = json.load(f)
+    # One record of each kind first (multi-turn included), then fill up in file order.
+    picked, kinds = [], set()
+    for rec in records:
+        kind = "multi" if len(rec["turn_types"]) > 1 else rec["question_type"]
+        if kind not in kinds:
+            kinds.add(kind)
+            picked.append(rec)
+    records = (picked + [r for r in records if r not in picked])[:n]
     cell_w, text_h = 48 * scale, 34
     sheet = Image.new("RGB", (cell_w * len(records), cell_w + text_h), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
