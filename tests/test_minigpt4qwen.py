@@ -379,3 +379,8 @@ def test_generate_from_cached_features_equals_from_images():
     from_cache = model.generate({"image": None, "image_features": feats, "image_features_stage": stage,
                                  "n_images": [1, 1], "prompt": prompts}, max_new_tokens=6)
     assert from_images == from_cache
+
+
+def test_missing_llm_folder_names_its_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model.llm_model = .*no such local folder"):
+        Minigpt4Qwen.from_pretrained("qwen2.5_7b_instruct", llm_model=str(tmp_path / "Qwen2.5-7B-Instruct"))

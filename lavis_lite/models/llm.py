@@ -59,13 +59,14 @@ def dtype_of(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_tokenizer(path: str | None, family: str):
-    """The tokenizer at ``path`` (local folder) or, when unset, the tiny tokenizer shipped with the package."""
+def load_tokenizer(path: str | None, family: str, key: str = "tokenizer"):
+    """The tokenizer at ``path`` (local folder; ``key`` names its YAML key in errors) or, when unset, the
+    tiny tokenizer shipped with the package."""
     from transformers import AutoTokenizer
 
     if path is None:
         return AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
-    folder = resolve_local_path(path, "tokenizer" if family != "qwen" else "llm_model", want_dir=True)
+    folder = resolve_local_path(path, key, want_dir=True)
     remote = family_info(family)["remote_code"]
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
 

@@ -54,6 +54,11 @@ class Minigpt4Qwen(Blip2Base):
         if not llm_model and not llm_config:  # fail before building a 1B-parameter ViT
             raise ValueError("Set model.llm_model to a local folder with the LLM (e.g. Qwen-7B-Chat), or give "
                              "model.llm_config for a random-init Qwen2 (the tiny model)")
+        # Check user-set folders first too: a typo should not cost building the ViT.
+        if llm_model:
+            llm_model = llm_utils.resolve_local_path(llm_model, "llm_model", want_dir=True)
+        if tokenizer:
+            tokenizer = llm_utils.resolve_local_path(tokenizer, "tokenizer", want_dir=True)
         self.freeze_vit, self.unfreeze_pos_embed = bool(freeze_vit), bool(unfreeze_pos_embed)
         self.freeze_qformer, self.freeze_queries = bool(freeze_qformer), bool(freeze_queries)
         self.freeze_proj, self.freeze_llm = bool(freeze_proj), bool(freeze_llm)
@@ -75,7 +80,8 @@ class Minigpt4Qwen(Blip2Base):
         self.llm_family = llm_family
         image_token = image_token or llm_utils.family_info(llm_family)["image_token"]
         # The tokenizer lives beside the LLM weights unless given; neither set -> the shipped tiny tokenizer.
-        self.llm_tokenizer = llm_utils.load_tokenizer(tokenizer or llm_model, llm_family)
+        self.llm_tokenizer = llm_utils.load_tokenizer(tokenizer or llm_model, llm_family,
+                                                      "tokenizer" if tokenizer else "llm_model")
         llm_utils.ensure_image_token(self.llm_tokenizer, image_token, llm_family)
         self.llm_model = llm_utils.build_llm(llm_model, llm_config, self.llm_tokenizer, llm_family, llm_dtype,
                                              llm_device_map)
