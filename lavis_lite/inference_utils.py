@@ -197,15 +197,16 @@ def load_model_from_cfg(cfg_path, checkpoint: str | None = None, device: str | N
 
     ``checkpoint`` may be a training checkpoint file (trainable weights), a full
     ``model.safetensors`` or an export folder. With ``cfg_path`` an export folder (or its
-    config.yaml) and no checkpoint, the folder's own weights are loaded. Returns ``(model, image_processor, model_cfg)``.
+    config.yaml) the folder's own weights are loaded first, then ``checkpoint`` over them. Returns ``(model, image_processor, model_cfg)``.
     """
     from lavis_lite.common.registry import registry
 
     model_cfg = build_model_config(cfg_path, options)
-    if checkpoint is None:
-        checkpoint = export_weights_of(cfg_path)
     model_cls = registry.get_model_class(model_cfg.arch)
     model = model_cls.from_config(model_cfg)
+    exported = export_weights_of(cfg_path)
+    if exported:  # the folder's full weights first, a (trainable-weights) checkpoint over them
+        load_weights(model, exported)
     if checkpoint:
         load_weights(model, checkpoint)
     model = model.to(resolve_device(device)).eval()
