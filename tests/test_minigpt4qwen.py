@@ -384,3 +384,15 @@ def test_generate_from_cached_features_equals_from_images():
 def test_missing_llm_folder_names_its_key(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model.llm_model = .*no such local folder"):
         Minigpt4Qwen.from_pretrained("qwen2.5_7b_instruct", llm_model=str(tmp_path / "Qwen2.5-7B-Instruct"))
+
+
+def test_llm_loaded_from_a_local_folder(tmp_path):
+    source = build(seed=6)
+    source.llm_model.save_pretrained(str(tmp_path / "llm"))
+    source.tokenizer.save_pretrained(str(tmp_path / "llm"))
+    model = build(llm_model=str(tmp_path / "llm"), llm_config=None, image_token="<|vision_pad|>")
+    assert type(model.llm_model).__name__ == "Qwen2ForCausalLM"
+    assert model.llm_model.get_input_embeddings().weight.shape[0] == len(source.tokenizer) + 1  # token added
+    assert torch.equal(model.llm_model.get_input_embeddings().weight[:-1],
+                       source.llm_model.get_input_embeddings().weight)
+    assert torch.isfinite(model(batch(2))["loss"])
