@@ -14,7 +14,6 @@ query_tokens, Qformer.bert.*, Qformer.cls.*, vision_proj, text_proj, itm_head, t
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -25,14 +24,14 @@ from torch import nn
 
 from lavis_lite.common.registry import registry
 from lavis_lite.models import blip2_losses as L
-from lavis_lite.models.base_model import BaseModel
 from lavis_lite.models.bert_tokenizer import init_bert_tokenizer
-from lavis_lite.models.eva_vit import create_eva_vit_g
-from lavis_lite.models.qformer import QformerLMHeadModel
+from lavis_lite.models.blip2 import Blip2Base
 
 logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("itc", "itm", "itg")
+# Keys of a model YAML section that are not constructor arguments.
+META_KEYS = {"arch", "model_type", "preprocess", "checkpoint"}
 
 
 @dataclass
@@ -55,17 +54,19 @@ def _plain(cfg) -> dict:
 
 @registry.register_model("blip2")
 @registry.register_model("blip2_qformer")
-class Blip2Qformer(BaseModel):
+class Blip2Qformer(Blip2Base):
     PRETRAINED_MODEL_CONFIG_DICT = {
         "pretrain": "configs/models/blip2/blip2_pretrain.yaml",
         "tiny": "configs/models/blip2/blip2_tiny.yaml",
     }
     DEFAULT_MODEL_TYPE = "pretrain"
 
-    def __init__(self, vit: dict | None = None, img_size: int = 224, drop_path_rate: float = 0.0,
-                 use_grad_checkpoint: bool = False, vit_precision: str = "fp16", freeze_vit: bool = True,
-                 num_query_token: int = 32, qformer: dict | None = None, embed_dim: int = 256,
-                 max_txt_len: int = 32, tokenizer_vocab: str | None = "tiny", losses: dict | None = None):
+    def __init__(self, vit_model: str = "eva_clip_g", vit_checkpoint: str | None = None, img_size: int = 224,
+                 drop_path_rate: float = 0.0, use_grad_checkpoint: bool = False, vit_precision: str = "fp16",
+                 vit_sizes: dict | None = None, freeze_vit: bool = True, num_query_token: int = 32,
+                 cross_attention_freq: int = 2, qformer_config: dict | None = None, embed_dim: int = 256,
+                 max_txt_len: int = 32, tokenizer_vocab: str | None = "tiny", losses: dict | None = None,
+                 load_pretrained: bool = False, pretrained: str | None = None):
         super().__init__()
         if tokenizer_vocab is None:
             raise ValueError("model.tokenizer_vocab is not set: give the path of a local bert-base-uncased "
@@ -79,51 +80,49 @@ class Blip2Qformer(BaseModel):
             raise ValueError("Blip2Qformer: every loss is switched off (model.losses)")
         self.losses = {k: bool(v) for k, v in losses.items()}
 
-        # Image encoder (EVA-ViT-G at full size; ``vit`` overrides sizes for the tiny model).
-        self.visual_encoder = create_eva_vit_g(img_size=img_size, drop_path_rate=drop_path_rate,
-                                               use_checkpoint=use_grad_checkpoint, precision=vit_precision,
-                                               **_plain(vit))
-        self.ln_vision = nn.LayerNorm(self.visual_encoder.num_features)
-        self.freeze_vit = freeze_vit
-        if freeze_vit:
+        # Image encoder (EVA-ViT-G at full size; ``vit_sizes`` override its sizes for the tiny model).
+        self.visual_encoder, self.ln_vision = self.init_vision_encoder(
+            vit_model, img_size, drop_path_rate, use_grad_checkpoint, vit_precision, vit_checkpoint,
+            **_plain(vit_sizes))
+        self.freeze_vit = bool(freeze_vit)
+        if self.freeze_vit:
             for module in (self.visual_encoder, self.ln_vision):
                 for p in module.parameters():
                     p.requires_grad_(False)
             logger.info("freeze vision encoder")
 
         # Q-Former with its text side; the vocabulary includes [DEC] (30523 for bert-base-uncased).
-        qcfg = _plain(qformer) | {"encoder_width": self.visual_encoder.num_features,
-                                  "query_length": num_query_token, "text_input": True}
+        qcfg = _plain(qformer_config)
         if qcfg.get("vocab_size") is None:
             qcfg["vocab_size"] = len(self.tokenizer)
         if len(self.tokenizer) > qcfg["vocab_size"]:
             raise ValueError(f"Q-Former vocab_size {qcfg['vocab_size']} is smaller than the tokenizer "
-                             f"({len(self.tokenizer)} tokens with [DEC]); fix model.qformer.vocab_size")
-        self.Qformer = QformerLMHeadModel(qcfg)
+                             f"({len(self.tokenizer)} tokens with [DEC]); fix model.qformer_config.vocab_size")
+        self.Qformer, self.query_tokens = self.init_Qformer(
+            num_query_token, self.visual_encoder.num_features, cross_attention_freq, qcfg, text_input=True)
         hidden = self.Qformer.config.hidden_size
-        self.query_tokens = nn.Parameter(torch.zeros(1, num_query_token, hidden))
-        if not self.query_tokens.is_meta:
-            self.query_tokens.data.normal_(mean=0.0, std=self.Qformer.config.initializer_range)
         self.vision_proj = nn.Linear(hidden, embed_dim)
         self.text_proj = nn.Linear(hidden, embed_dim)
         self.itm_head = nn.Linear(hidden, 2)
         self.temp = nn.Parameter(0.07 * torch.ones([]))
         self.max_txt_len = max_txt_len
+        if load_pretrained:
+            if not pretrained:
+                raise ValueError("model.load_pretrained is True but model.pretrained (a checkpoint path) is not set")
+            self.load_from_pretrained(pretrained)
 
     @classmethod
     def from_config(cls, cfg):
-        cfg = OmegaConf.create(_plain(cfg))
-        model = cls(
-            vit=cfg.get("vit"), img_size=cfg.get("img_size", 224), drop_path_rate=cfg.get("drop_path_rate", 0.0),
-            use_grad_checkpoint=cfg.get("use_grad_checkpoint", False), vit_precision=cfg.get("vit_precision", "fp16"),
-            freeze_vit=cfg.get("freeze_vit", True), num_query_token=cfg.get("num_query_token", 32),
-            qformer=cfg.get("qformer"), embed_dim=cfg.get("embed_dim", 256), max_txt_len=cfg.get("max_txt_len", 32),
-            tokenizer_vocab=cfg.get("tokenizer_vocab", "tiny"), losses=cfg.get("losses"),
-        )
-        if cfg.get("load_pretrained", False) and cfg.get("pretrained"):
-            model.load_checkpoint(cfg.pretrained)
+        import inspect
+
+        cfg = _plain(cfg)
+        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(cfg) - allowed - META_KEYS)
+        if unknown:
+            raise KeyError(f"Unknown model config key(s) {unknown} for {cls.__name__}; known keys: {sorted(allowed)}")
+        model = cls(**{k: v for k, v in cfg.items() if k in allowed})
         if cfg.get("checkpoint"):
-            model.load_checkpoint(cfg.checkpoint)
+            model.load_checkpoint(cfg["checkpoint"])
         return model
 
     def train(self, mode: bool = True):
@@ -133,16 +132,11 @@ class Blip2Qformer(BaseModel):
         return self
 
     # ---- encoders ---------------------------------------------------------------
-    def _autocast(self):
-        if self.device.type == "cpu":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=next(self.visual_encoder.parameters()).dtype)
-
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Image encoder output after ln_vision, [B, 1 + patches, C], in float32."""
-        with self._autocast():
-            embeds = self.ln_vision(self.visual_encoder(image))
-        return embeds.float()
+        with self.maybe_autocast():
+            embeds = self.visual_encoder(image.to(self.device, self.visual_encoder.cls_token.dtype))
+        return self.ln_vision(embeds.float())
 
     def encode_queries(self, image_embeds: torch.Tensor, use_cache: bool = False):
         atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
