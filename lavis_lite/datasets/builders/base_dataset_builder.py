@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -196,16 +197,20 @@ class BaseDatasetBuilder:
 
 
 def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None, config_path: str | None = None,
-                             base: type = BaseDatasetBuilder) -> type:
+                             base: type = BaseDatasetBuilder, module: str | None = None) -> type:
     """Register ``name`` as a builder: ``base`` parameterised with a default YAML and dataset classes
-    (one line per data set instead of one copy-pasted class per data set)."""
+    (one line per data set instead of one copy-pasted class per data set).
+
+    Assign the result to a module-level name equal to ``<CamelName>Builder`` in ``module`` (default:
+    the caller's module) so the class can be pickled and found by its qualified name."""
     qualname = "".join(part.capitalize() for part in name.split("_")) + "Builder"
+    module = module or sys._getframe(1).f_globals.get("__name__", base.__module__)
     cls = type(qualname, (base,), {
         "name": name,
         "train_dataset_cls": train_dataset_cls,
         "eval_dataset_cls": eval_dataset_cls or train_dataset_cls,
         "DATASET_CONFIG_DICT": {"default": config_path or f"configs/datasets/{name}/defaults.yaml"},
-        "__module__": base.__module__,
+        "__module__": module,
         "__qualname__": qualname,
         "__doc__": f"Builder {name!r}: {train_dataset_cls.__name__} / {(eval_dataset_cls or train_dataset_cls).__name__}.",
     })

@@ -7,13 +7,13 @@ from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
 from lavis_lite.datasets.datasets.vqa_datasets import VQADataset, VQAEvalDataset
 
 # Instruction data (InstructionDataset reads MiniGPT4-Qwen records and LLaVA conversations alike).
-register_dataset_builder("minigpt4_instruction", InstructionDataset)
-register_dataset_builder("llava_instruction", InstructionDataset)
-register_dataset_builder("llava_pretrain", InstructionDataset)
-register_dataset_builder("instruction", InstructionDataset)  # paths only from the run YAML
+Minigpt4InstructionBuilder = register_dataset_builder("minigpt4_instruction", InstructionDataset)
+LlavaInstructionBuilder = register_dataset_builder("llava_instruction", InstructionDataset)
+LlavaPretrainBuilder = register_dataset_builder("llava_pretrain", InstructionDataset)
+InstructionBuilder = register_dataset_builder("instruction", InstructionDataset)  # paths only from the run YAML
 
 # COCO-format captions (Karpathy splits) and VQA.
-register_dataset_builder("coco_caption", CaptionDataset, CaptionEvalDataset)
-register_dataset_builder("caption", CaptionDataset, CaptionEvalDataset)  # paths only from the run YAML
-register_dataset_builder("coco_vqa", VQADataset, VQAEvalDataset)
-register_dataset_builder("vqa", VQADataset, VQAEvalDataset)  # paths only from the run YAML
+CocoCaptionBuilder = register_dataset_builder("coco_caption", CaptionDataset, CaptionEvalDataset)
+CaptionBuilder = register_dataset_builder("caption", CaptionDataset, CaptionEvalDataset)  # paths only from the run YAML
+CocoVqaBuilder = register_dataset_builder("coco_vqa", VQADataset, VQAEvalDataset)
+VqaBuilder = register_dataset_builder("vqa", VQADataset, VQAEvalDataset)  # paths only from the run YAML

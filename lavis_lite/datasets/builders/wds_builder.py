@@ -78,5 +78,5 @@ class ImageTextWebDatasetBuilder(WebDatasetBuilder):
     sample_format = "image_text"
 
 
-register_dataset_builder("wds_instruction", WebDatasetStream, base=WebDatasetBuilder)
-register_dataset_builder("wds_image_text", WebDatasetStream, base=ImageTextWebDatasetBuilder)
+WdsInstructionBuilder = register_dataset_builder("wds_instruction", WebDatasetStream, base=WebDatasetBuilder)
+WdsImageTextBuilder = register_dataset_builder("wds_image_text", WebDatasetStream, base=ImageTextWebDatasetBuilder)
