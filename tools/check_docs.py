@@ -7,7 +7,7 @@
 - Code blocks whose first line is ``# file: <path>`` quote a real file: their lines (blank
   lines and ``...`` lines skipped) must appear in that file in the same order.
 
-Usage: python tools/check_docs.py [--only adding_model] [--no-run] [docs/tutorials/x.md ...]
+Usage: python tools/check_docs.py [--only adding_model] [--no-run] [-v] [docs/tutorials/x.md ...]
 Exit status 1 when something fails; each failure names the tutorial and the block.
 """
 from __future__ import annotations
@@ -58,7 +58,8 @@ def commands(markdown: str) -> list[tuple[str, int]]:
     return [(body, line) for lang, body, line in code_blocks(markdown) if lang in ("bash", "sh", "shell")]
 
 
-def run_commands(name: str, blocks: list[tuple[str, int]], out_dir: str, timeout: int) -> str | None:
+def run_commands(name: str, blocks: list[tuple[str, int]], out_dir: str, timeout: int,
+                 verbose: bool = False) -> str | None:
     script = "set -euo pipefail\n" + "\n".join(
         f"echo '>>> {name}: block at line {line}' >&2\n{body}" for body, line in blocks)
     env = dict(os.environ)
@@ -71,12 +72,15 @@ def run_commands(name: str, blocks: list[tuple[str, int]], out_dir: str, timeout
                               timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"commands did not finish within {timeout}s"
+    if verbose:
+        print(proc.stdout, file=sys.stderr)
     if proc.returncode != 0:
         return f"commands failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return None
 
 
-def check(paths: list[str], run: bool = True, timeout: int = 600, scratch: str | None = None) -> list[str]:
+def check(paths: list[str], run: bool = True, timeout: int = 600, scratch: str | None = None,
+          verbose: bool = False) -> list[str]:
     failures = []
     for path in paths:
         rel = os.path.relpath(path, REPO)
@@ -92,7 +96,7 @@ def check(paths: list[str], run: bool = True, timeout: int = 600, scratch: str |
             name = os.path.splitext(os.path.basename(path))[0]
             out_dir = tempfile.mkdtemp(prefix=f"{name}_", dir=scratch)
             start = time.time()
-            reason = run_commands(rel, blocks, out_dir, timeout)
+            reason = run_commands(rel, blocks, out_dir, timeout, verbose)
             print(f"{rel}: {len(blocks)} command blocks, {time.time() - start:.1f}s, "
                   f"{'FAILED' if reason else 'ok'}", file=sys.stderr)
             if reason:
@@ -106,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="only the tutorial with this name (e.g. adding_model)")
     parser.add_argument("--no-run", action="store_true", help="check excerpts only")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per tutorial")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print what the commands print")
     args = parser.parse_args(argv)
     paths = args.docs or sorted(p for pattern in DEFAULT_DOCS for p in glob.glob(os.path.join(REPO, pattern)))
     if args.only:
         paths = [p for p in paths if os.path.splitext(os.path.basename(p))[0] == args.only]
         if not paths:
             parser.error(f"no tutorial named {args.only!r}")
-    failures = check([os.path.abspath(p) for p in paths], run=not args.no_run, timeout=args.timeout)
+    failures = check([os.path.abspath(p) for p in paths], run=not args.no_run, timeout=args.timeout,
+                     verbose=args.verbose)
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print(f"{len(paths)} files checked, {len(failures)} failures")

@@ -9,10 +9,13 @@ MSE of predicting each next frame's features from the hidden state of the curren
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavis_lite.common.checkpoint import WEIGHTS_NAME
 from lavis_lite.common.registry import registry
 from lavis_lite.models.base_model import BaseModel
 
@@ -63,8 +66,9 @@ class GPTDialogue(BaseModel):
         if cfg.get("video_feature_dim", None) is None:
             raise KeyError("gpt_dialogue config needs 'video_feature_dim' (width of the concatenated features)")
         model = cls(lm, tokenizer, cfg.video_feature_dim, cfg.get("video_loss_weight", 1.0))
-        if cfg.get("checkpoint", None):
-            model.load_checkpoint(cfg.checkpoint)  # e.g. a finetuned checkpoint for evaluate.py
+        if cfg.get("checkpoint", None):  # e.g. a trained checkpoint for evaluate.py
+            path = os.path.expanduser(str(cfg.checkpoint))
+            model.load_checkpoint(os.path.join(path, WEIGHTS_NAME) if os.path.isdir(path) else path)
         return model
 
     # ---- inputs -----------------------------------------------------------
