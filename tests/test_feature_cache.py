@@ -136,3 +136,126 @@ def test_two_processes_writing_the_same_entries_at_once(tmp_path):
         torch.testing.assert_close(cache.get(p), fake_features(p, shape=(32, 256)), atol=0, rtol=0)
     leftovers = [f for _, _, files in os.walk(cache.dir) for f in files if f.startswith(".tmp-")]
     assert leftovers == []
+
+
+# ---- with the tiny model and the project's dataset ------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    from lavis_lite.datasets.demo import generate
+    out = tmp_path_factory.mktemp("demo")
+    generate(str(out), n=40, seed=0, size=32, n_shards=1)
+    return out
+
+
+def _tiny_model():
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+    torch.manual_seed(0)
+    return Minigpt4Qwen.from_pretrained("tiny").train()
+
+
+def _dataset(demo_dir, processor):
+    from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
+    return InstructionDataset(vis_processor=processor, vis_root=str(demo_dir / "images"),
+                              ann_paths=[str(demo_dir / "instruction" / "train.json")])
+
+
+def test_cached_features_give_the_same_loss_as_images(demo_dir, tmp_path):
+    """Eval transform: loss from cached Q-Former outputs equals the loss from decoded images (fp32,
+    tolerance 1e-6); gradients of the trainable projection match too."""
+    from lavis_lite.common.feature_cache import attach_feature_cache, cache_for_model, fill_cache
+    from lavis_lite.processors.image_processors import BlipImageEvalProcessor
+
+    model = _tiny_model()
+    processor = BlipImageEvalProcessor(image_size=32)
+    raw = _dataset(demo_dir, processor)
+    cache = cache_for_model(model, processor, tmp_path / "cache")
+    assert cache.stage == model.frozen_feature_stage() == "qformer"
+    assert fill_cache(model, raw, cache, batch_size=8) == len(cache) > 0
+    assert fill_cache(model, raw, cache, batch_size=8) == 0  # nothing left to compute
+    cached = attach_feature_cache(raw, cache)
+    idx = [i for i in range(len(raw)) if raw.annotation[i]["images"]][:6]
+    batch_raw = raw.collater([raw[i] for i in idx])
+    batch_cached = cached.collater([cached[i] for i in idx])
+    assert "image" not in batch_cached and batch_cached["image_features"].shape[1:] == (8, 64)
+    assert batch_cached["n_images"] == batch_raw["n_images"]
+    results = []
+    for batch in (batch_raw, batch_cached):
+        model.zero_grad(set_to_none=True)
+        out = model(batch)
+        out["loss"].backward()
+        results.append((out["loss"].item(), out["n_tokens"], model.llm_proj.weight.grad.clone()))
+    assert results[0][1] == results[1][1] > 0
+    assert abs(results[0][0] - results[1][0]) <= 1e-6
+    torch.testing.assert_close(results[0][2], results[1][2], atol=1e-6, rtol=1e-5)
+    # pickling (spawned DataLoader workers) keeps the cache attached
+    import pickle
+    again = pickle.loads(pickle.dumps(cached))
+    assert again.feature_cache.dir == cache.dir and "image_features" in again.collater([again[idx[0]]])
+
+
+def test_model_cache_invalidated_by_weights_and_transform(demo_dir, tmp_path):
+    from lavis_lite.common.feature_cache import cache_for_model
+    from lavis_lite.processors.image_processors import BlipImageEvalProcessor, BlipImageTrainProcessor
+
+    model = _tiny_model()
+    p32 = BlipImageEvalProcessor(image_size=32)
+    first = cache_for_model(model, p32, tmp_path)
+    assert cache_for_model(model, p32, tmp_path).namespace == first.namespace
+    assert cache_for_model(model, BlipImageEvalProcessor(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3),
+                           tmp_path).namespace != first.namespace
+    with torch.no_grad():
+        model.Qformer.bert.encoder.layer[0].output_query.dense.bias[0] += 0.01  # a frozen stage weight
+    assert cache_for_model(model, p32, tmp_path).namespace != first.namespace
+    with torch.no_grad():
+        model.llm_proj.weight[0, 0] += 1.0  # trains, not part of the cached stage
+    second = cache_for_model(model, p32, tmp_path)
+    model.llm_proj.weight.data[0, 0] -= 5.0
+    assert cache_for_model(model, p32, tmp_path).namespace == second.namespace
+    with pytest.raises(ValueError, match="random"):
+        cache_for_model(model, BlipImageTrainProcessor(image_size=32), tmp_path)
+    model.freeze_vit = False
+    with pytest.raises(ValueError, match="no frozen image stage"):
+        cache_for_model(model, p32, tmp_path)
+
+
+def test_cache_features_tool_and_run_switch(demo_dir, tmp_path):
+    """`python -m lavis_lite.tools.cache_features` fills the cache; run.feature_cache.enabled makes the
+    train split read it, with the loss of the eval-transformed images."""
+    from lavis_lite.common.config import Config, ConfigArgs
+    from lavis_lite.common.feature_cache import prepare_feature_cache
+    from lavis_lite.common.registry import registry
+    from lavis_lite.tools import cache_features
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"""
+model: {{arch: minigpt4qwen, model_type: tiny}}
+datasets:
+  instruction:
+    build_info:
+      annotations: {{train: {{storage: {demo_dir}/instruction/train.json}}}}
+      images: {{storage: {demo_dir}/images}}
+    vis_processor:
+      train: {{name: blip2_image_train, image_size: 32}}
+      eval: {{name: blip2_image_eval, image_size: 32}}
+run:
+  task: instruction_tuning
+  feature_cache: {{enabled: true, root: {tmp_path}/features, dtype: fp32}}
+""")
+    summary = cache_features.main(["--cfg-path", str(run_yaml), "--device", "cpu"])
+    (info,) = summary["caches"].values()
+    assert info["stage"] == "qformer" and info["entries"] > 0
+    assert info["dir"].startswith(str(tmp_path / "features"))
+
+    from lavis_lite.runners.runner_base import setup_seeds
+
+    cfg = Config(ConfigArgs(cfg_path=str(run_yaml)))
+    setup_seeds(cfg.run_cfg)  # what train.py does before building: same random init as the tool's
+    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    cached = prepare_feature_cache(cfg, model, datasets, progress=False)["instruction"]["train"]
+    assert cached.feature_cache.dir == info["dir"] and len(cached.feature_cache) == info["entries"]
+    sample = cached[0]
+    assert sample["image"].shape[-2:] == (8, 64)  # Q-Former outputs, not pixels
+    off = Config(ConfigArgs(cfg_path=str(run_yaml), options=["run.feature_cache.enabled=false"]))
+    assert prepare_feature_cache(off, model, datasets) is datasets

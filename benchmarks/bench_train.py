@@ -1,0 +1,409 @@
+"""Training throughput of MiniGPT4-Qwen: samples/s, supervised tokens/s, peak memory, (GPU) MFU.
+
+    # CPU, bench size, naive vs optimised vs optimised + feature cache, interleaved, medians:
+    python benchmarks/bench_train.py --size bench --modes naive,fast,fast_cache --steps 8 --repeats 3
+    # GPU, full size (EVA-ViT-G + Q-Former + Qwen-7B-shaped LLM, random weights, bf16):
+    python benchmarks/bench_train.py --size full --device cuda --dtype bf16 --data synthetic \
+        --batch-size 32 --modes fast,fast_cache --steps 10 --repeats 2 [--lora] [--find-max-batch]
+
+Modes (``--modes``) are presets, or ``name:key=value,...`` with keys pad (max|longest),
+ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1):
+  naive      = pad=max,ckpt=1,pack=0,cache=0  (the published recipe)
+  fast       = pad=longest,ckpt=0,pack=1,cache=0
+  fast_cache = pad=longest,ckpt=0,pack=1,cache=1
+Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
+timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
+times; medians are reported. Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import emit, median, synthetic_conversations  # noqa: E402
+
+PRESETS = {
+    "naive": {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0},
+    "fast": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 0},
+    "fast_nopack": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0},
+    "fast_cache": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 1},
+}
+# Peak dense bf16 tensor FLOP/s, for MFU.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
+
+SIZES = {
+    # tiny: the model's own tiny YAML as is
+    "tiny": {},
+    # bench: small ViT and Q-Former, 32 queries, Qwen2-shaped LLM hidden 128 / 2 layers, 224 px
+    "bench": {
+        "img_size": 224,
+        "vit_sizes": {"patch_size": 14, "embed_dim": 64, "depth": 2, "num_heads": 4, "mlp_ratio": 4.0},
+        "num_query_token": 32, "cross_attention_freq": 2,
+        "qformer_config": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                           "intermediate_size": 512, "vocab_size": 1000, "max_position_embeddings": 64,
+                           "layer_norm_eps": 1e-12, "hidden_dropout": 0.0, "attention_dropout": 0.0},
+        "llm_config": {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+                       "tie_word_embeddings": True},
+        "max_txt_len": 256,
+    },
+    # full: EVA-ViT-G (39 blocks, 1408) + BERT-base Q-Former + a Qwen-7B-shaped Qwen2 LLM, random weights
+    "full": {
+        "img_size": 224, "vit_sizes": None, "num_query_token": 32, "cross_attention_freq": 2,
+        "qformer_config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                           "intermediate_size": 3072, "vocab_size": 30523, "max_position_embeddings": 512,
+                           "layer_norm_eps": 1e-12, "hidden_dropout": 0.1, "attention_dropout": 0.1},
+        "llm_config": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                       "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 8192,
+                       "vocab_size": 151936, "tie_word_embeddings": False, "rms_norm_eps": 1e-6},
+        "max_txt_len": 512,
+    },
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="bench")
+    p.add_argument("--modes", default="naive,fast,fast_cache")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per mode and repeat")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="LLM and ViT weights")
+    p.add_argument("--data", choices=("disk", "synthetic"), default="disk",
+                   help="disk: PNGs decoded + transformed by the DataLoader; synthetic: random pixels in memory")
+    p.add_argument("--n-records", type=int, default=256)
+    p.add_argument("--source-size", type=int, default=256, help="side of the generated PNGs")
+    p.add_argument("--max-words", type=int, default=60, help="longest reply in words (text length spread)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--lora", action="store_true", help="LoRA r=8 on q/k/v/o projections as well")
+    p.add_argument("--find-max-batch", action="store_true", help="(GPU) largest batch that fits, per mode")
+    p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak bf16 TFLOP/s")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 1 on CPU: on a shared, oversubscribed machine more threads "
+                        "spin against each other and run several times slower)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def parse_modes(text: str) -> dict[str, dict]:
+    modes = {}
+    for item in text.split(";" if ";" in text else ","):
+        item = item.strip()
+        if not item:
+            continue
+        if ":" in item:
+            name, spec = item.split(":", 1)
+            mode = dict(PRESETS["fast"])
+            for kv in spec.split("+"):
+                k, v = kv.split("=")
+                if k not in mode:
+                    raise ValueError(f"mode {name!r}: unknown key {k!r}; keys are {sorted(mode)}")
+                mode[k] = v if k == "pad" else int(v)
+            modes[name] = mode
+        elif item in PRESETS:
+            modes[item] = dict(PRESETS[item])
+        else:
+            raise ValueError(f"unknown mode {item!r}; presets: {sorted(PRESETS)} or name:key=value+key=value")
+    return modes
+
+
+# ---- model ---------------------------------------------------------------------------------------
+def build_model(args):
+    import torch
+
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    overrides = {k: v for k, v in SIZES[args.size].items() if v is not None}
+    if args.size == "full":
+        overrides["vit_sizes"] = None
+    overrides.update(freeze_vit=True, freeze_qformer=True, freeze_queries=True, freeze_proj=False,
+                     freeze_llm=True, llm_dtype=args.dtype, vit_precision=args.dtype,
+                     get_lora=bool(args.lora), lora_r=8, lora_alpha=16, lora_dropout=0.0)
+    if args.size == "full" and args.device.startswith("cuda"):
+        torch.set_default_device(args.device)  # build the 8B parameters directly on the GPU
+    try:
+        model = Minigpt4Qwen.from_pretrained("tiny", **overrides)
+    finally:
+        torch.set_default_device(None)
+    model = model.to(args.device)
+    for attr in ("packing", "pad_to_max_txt_len"):
+        if not hasattr(model, attr):
+            raise RuntimeError(f"this Minigpt4Qwen has no {attr!r} switch; the packing/padding wiring is missing")
+    return model
+
+
+def configure(model, mode: dict) -> None:
+    """Apply a mode's switches to the model in place."""
+    from lavis_lite.models import llm as llm_utils
+
+    model.pad_to_max_txt_len = mode["pad"] == "max"
+    model.packing = bool(mode["pack"])
+    llm = model.llm_model
+    if mode["ckpt"]:
+        llm_utils.enable_grad_checkpointing(llm)
+    else:
+        import warnings
+        with warnings.catch_warnings():  # transformers 5 renamed these; both names still work
+            warnings.simplefilter("ignore", FutureWarning)
+            if getattr(llm, "is_gradient_checkpointing", False):
+                llm.gradient_checkpointing_disable()
+    model.train()
+
+
+# ---- data ----------------------------------------------------------------------------------------
+def build_disk_data(args, model, workdir):
+    """PNG images + synthetic conversations of varied length, read by the project's InstructionDataset."""
+    import json
+
+    from lavis_lite.common.feature_cache import attach_feature_cache, cache_for_model, fill_cache
+    from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
+    from lavis_lite.datasets.demo import generate
+    from lavis_lite.processors.image_processors import BlipImageEvalProcessor
+
+    generate(workdir, n=max(16, args.n_records * 10 // 8 + 8), seed=args.seed, size=args.source_size, n_shards=1)
+    images = sorted(os.listdir(os.path.join(workdir, "images", "train")))
+    convs = synthetic_conversations(args.n_records, seed=args.seed, max_words=args.max_words)
+    records = [{"id": str(i), "image": f"train/{images[i % len(images)]}", "conversations": c}
+               for i, c in enumerate(convs)]
+    ann = os.path.join(workdir, "bench_train.json")
+    with open(ann, "w") as f:
+        json.dump(records, f)
+    processor = BlipImageEvalProcessor(image_size=model.visual_encoder.patch_embed.img_size)
+    dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(workdir, "images"), ann_paths=[ann])
+    cache = cache_for_model(model, processor, os.path.join(workdir, "cache"),
+                            dtype="fp32" if args.dtype == "fp32" else args.dtype)
+    start = time.perf_counter()
+    fill_cache(model, dataset, cache, batch_size=args.batch_size)
+    return dataset, attach_feature_cache(dataset, cache), time.perf_counter() - start
+
+
+def loader(dataset, args):
+    from torch.utils.data import DataLoader
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                      collate_fn=dataset.collater, drop_last=True, persistent_workers=args.workers > 0)
+
+
+class SyntheticBatches:
+    """In-memory batches (GPU runs): random pixels, or random features of the frozen stage."""
+
+    def __init__(self, model, args, cached: bool):
+        import torch
+        self.convs = synthetic_conversations(max(args.n_records, args.batch_size), seed=args.seed,
+                                             max_words=args.max_words)
+        self.batch_size, self.cached, self.model = args.batch_size, cached, model
+        size = model.visual_encoder.patch_embed.img_size
+        g = torch.Generator(device="cpu").manual_seed(args.seed)
+        self.pixels = torch.randn(args.batch_size, 3, size, size, generator=g).to(model.device)
+        self.features = None
+        if cached:
+            with torch.no_grad():
+                self.features = model.extract_frozen_features(self.pixels)[0]
+        self.i = 0
+
+    def __iter__(self):
+        while True:
+            s = (self.i * self.batch_size) % (len(self.convs) - self.batch_size + 1)
+            self.i += 1
+            batch = {"n_images": [1] * self.batch_size, "conversations": self.convs[s:s + self.batch_size]}
+            if self.cached:
+                batch["image_features"] = self.features
+            else:
+                batch["image"] = self.pixels
+            yield batch
+
+
+def endless(make_iterable):
+    while True:
+        yield from make_iterable()
+
+
+# ---- measurement ---------------------------------------------------------------------------------
+def reset_peak_memory(device) -> None:
+    import torch
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:  # Linux: "5" resets the peak resident set size (VmHWM) of this process
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def train_steps(model, optimizer, batches, n_steps, device) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds of this process, samples, supervised tokens) of ``n_steps`` steps."""
+    import torch
+    samples = tokens = 0
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(n_steps):
+        batch = next(batches)
+        out = model(batch)
+        out["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        samples += len(batch["n_images"])
+        tokens += int(out["n_tokens"])
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - cpu_start, samples, tokens
+
+
+def flops_per_sample(model, batch, mode) -> float:
+    """Forward+backward FLOPs actually needed per sample: each sample alone (no padding), no recompute,
+    counted by torch's FlopCounterMode; the frozen stages only when the mode does not cache them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    configure(model, {"pad": "longest", "ckpt": 0, "pack": 0, "cache": mode["cache"]})
+    total, n = 0, len(batch["n_images"])
+    feats = batch.get("image_features")
+    pix = batch.get("image")
+    for i in range(n):
+        one = {"n_images": [1], "conversations": [batch["conversations"][i]]}
+        if feats is not None:
+            one["image_features"] = feats[i:i + 1]
+        else:
+            one["image"] = pix[i:i + 1]
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(one)["loss"].backward()
+        model.zero_grad(set_to_none=True)
+        total += counter.get_total_flops()
+    return total / n
+
+
+def peak_tflops(args) -> float | None:
+    import torch
+    if args.peak_tflops:
+        return args.peak_tflops
+    if not str(args.device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(0)
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def find_max_batch(model, optimizer, args, mode, cached) -> int:
+    """Largest batch (doubling, then bisection) whose training step does not run out of GPU memory."""
+    import torch
+    ok, bad, b = 0, None, args.batch_size
+    while bad is None or bad - ok > 1:
+        trial = argparse.Namespace(**{**vars(args), "batch_size": b})
+        try:
+            batches = iter(SyntheticBatches(model, trial, cached))
+            train_steps(model, optimizer, batches, 1, args.device)
+            ok = b
+        except torch.cuda.OutOfMemoryError:
+            bad = b
+        finally:
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+        b = b * 2 if bad is None else (ok + bad) // 2
+        if b == ok:
+            break
+    return ok
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads or not args.device.startswith("cuda"):
+        torch.set_num_threads(args.threads or 1)
+    torch.manual_seed(args.seed)
+    modes = parse_modes(args.modes)
+    model = build_model(args)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused_ok = args.device.startswith("cuda")
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05,
+                                  **({"fused": True} if fused_ok else {"foreach": True}))
+
+    workdir = tempfile.TemporaryDirectory(prefix="bench_train_")
+    cache_build_s = None
+    if args.data == "disk":
+        raw, cached, cache_build_s = build_disk_data(args, model, workdir.name)
+        sources = {0: endless(lambda: loader(raw, args)), 1: endless(lambda: loader(cached, args))}
+    else:
+        sources = {c: iter(SyntheticBatches(model, args, bool(c))) for c in {m["cache"] for m in modes.values()}}
+
+    runs = {name: {"samples_per_s": [], "samples_per_cpu_s": [], "tokens_per_s": [], "peak_mem_mb": []}
+            for name in modes}
+    for _ in range(args.repeats):
+        for name, mode in modes.items():
+            configure(model, mode)
+            batches = sources[mode["cache"]]
+            train_steps(model, optimizer, batches, args.warmup, args.device)
+            reset_peak_memory(args.device)
+            elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device)
+            runs[name]["samples_per_s"].append(samples / elapsed)
+            runs[name]["samples_per_cpu_s"].append(samples / cpu)
+            runs[name]["tokens_per_s"].append(tokens / elapsed)
+            runs[name]["peak_mem_mb"].append(peak_memory_mb(args.device))
+
+    figures = {}
+    peak = peak_tflops(args)
+    for name, r in runs.items():
+        figures[name] = {"samples_per_s": round(median(r["samples_per_s"]), 2),
+                         "supervised_tokens_per_s": round(median(r["tokens_per_s"]), 1),
+                         "peak_mem_mb": round(max(r["peak_mem_mb"]), 1),
+                         "samples_per_cpu_s": round(median(r["samples_per_cpu_s"]), 2),
+                         "runs_samples_per_s": [round(x, 2) for x in r["samples_per_s"]],
+                         "runs_samples_per_cpu_s": [round(x, 2) for x in r["samples_per_cpu_s"]]}
+    base = next((n for n in ("naive",) if n in figures), None)
+    if base:
+        for name in figures:
+            figures[name]["speedup_vs_naive"] = round(figures[name]["samples_per_s"] / figures[base]["samples_per_s"], 2)
+            figures[name]["cpu_speedup_vs_naive"] = round(
+                figures[name]["samples_per_cpu_s"] / figures[base]["samples_per_cpu_s"], 2)
+    if peak or args.device.startswith("cuda"):
+        for name, mode in modes.items():
+            batch = next(sources[mode["cache"]])
+            fps = flops_per_sample(model, batch, mode)
+            figures[name]["flops_per_sample"] = fps
+            if peak:
+                figures[name]["mfu"] = round(fps * figures[name]["samples_per_s"] / (peak * 1e12), 4)
+    if args.find_max_batch and args.device.startswith("cuda"):
+        for name, mode in modes.items():
+            configure(model, mode)
+            figures[name]["max_batch"] = find_max_batch(model, optimizer, args, mode, bool(mode["cache"]))
+    if cache_build_s is not None:
+        figures["cache_build_s"] = round(cache_build_s, 2)
+    config = dict(vars(args), modes={n: m for n, m in modes.items()}, model_params=model.show_n_params(),
+                  frozen_stage=model.frozen_feature_stage(), peak_bf16_tflops=peak)
+    workdir.cleanup()
+    return emit("bench_train", config, figures)
+
+
+if __name__ == "__main__":
+    main()
