@@ -148,3 +148,20 @@ def test_from_config_and_build():
     assert rebuilt(Image.new("RGB", (3, 3))).shape == (3, 12, 12)
     for name in IMAGE_PROCS + ["blip_caption", "blip_question", "base_instruction"]:
         assert name in registry.list_processors()
+
+
+@pytest.mark.parametrize("name", IMAGE_PROCS + ["blip_caption", "blip_question", "base_instruction"])
+def test_processors_pickle(name):
+    """Spawned DataLoader workers receive processors by pickling."""
+    import pickle
+    proc = load_processor(name, {"image_size": 8} if "image" in name else None)
+    clone = pickle.loads(pickle.dumps(proc))
+    item = Image.new("RGB", (9, 9), (10, 200, 30)) if "image" in name else "Hello  World."
+    if "train" in name:
+        torch.manual_seed(0)
+        a = proc(item)
+        torch.manual_seed(0)
+        b = clone(item)
+    else:
+        a, b = proc(item), clone(item)
+    assert torch.equal(a, b) if torch.is_tensor(a) else a == b

@@ -4,11 +4,16 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 
+def identity(item):
+    return item
+
+
 class BaseProcessor:
-    """Subclasses set ``self.transform`` (or override ``__call__``) and ``from_config``."""
+    """Subclasses set ``self.transform`` (or override ``__call__``) and ``from_config``.
+    Processors must pickle (spawned DataLoader workers receive them), hence no lambdas."""
 
     def __init__(self):
-        self.transform = lambda x: x
+        self.transform = identity
 
     def __call__(self, item):
         return self.transform(item)
