@@ -110,11 +110,15 @@ class GenerationSettings:
         setattr(self, key, parsed)
 
     def update_from_strings(self, items: Iterable[str]) -> None:
+        """Apply ``key=value`` items all or none (a bad item leaves the settings unchanged)."""
+        trial = dataclasses.replace(self)
         for item in items:
             if "=" not in item:
                 raise ValueError(f"Expected key=value, got {item!r}")
             key, value = item.split("=", 1)
-            self.set(key.strip(), value.strip())
+            trial.set(key.strip(), value.strip())
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(trial, f.name))
 
     def as_kwargs(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
