@@ -21,20 +21,23 @@ def test_recall_hand_worked():
     assert m["txt_r1"] == pytest.approx(100 / 3)
     assert m["txt_r2"] == pytest.approx(200 / 3)
     assert m["txt_r5"] == pytest.approx(100.0)
-    # text->image ranks: t0:0, t1: img1 .9 > .1 -> 1 wrong above... computed per column of s
-    # t0 [.9,.5,.9]: right img0 .9, wrong >= .9: img2 -> rank 1; t1 [.1,.9,.8] -> rank 2; t2 [.2,.1,.7] -> 2
-    # t3 [.3,.8,.6] -> 0; t4 [0,0,.5] -> 0; t5 [0,0,.1] -> 0
-    assert m["img_r1"] == pytest.approx(300 / 6)
+    # text->image, per column of s: t0 [.9,.5,.9] right img0 ties with img2 -> rank 0.5;
+    # t1 [.1,.9,.8] -> 2; t2 [.2,.1,.7] -> 2; t3 [.3,.8,.6] -> 0; t4 [0,0,.5] -> 0; t5 [0,0,.1] -> 0
+    assert m["img_r1"] == pytest.approx(400 / 6)
     assert m["img_r2"] == pytest.approx(400 / 6)
     assert m["img_r5"] == pytest.approx(100.0)
     assert m["agg_metrics"] == pytest.approx(m["txt_r_mean"])
     assert m["r_mean"] == pytest.approx((m["txt_r_mean"] + m["img_r_mean"]) / 2)
 
 
-def test_constant_scores_are_not_perfect():
-    s = torch.zeros(4, 4)
-    m = recall_at_k(s, s, [[i] for i in range(4)], list(range(4)))
+def test_ties_rank_in_the_middle():
+    s = torch.zeros(4, 4)  # constant scores: 3 wrong candidates tie -> expected rank 1.5
+    m = recall_at_k(s, s, [[i] for i in range(4)], list(range(4)), ks=(1, 2))
     assert m["txt_r1"] == 0.0 and m["img_r1"] == 0.0
+    assert m["txt_r2"] == 100.0 and m["img_r2"] == 100.0
+    # one wrong candidate tying with the right one: rank 0.5 -> still a hit at 1
+    s = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert recall_at_k(s, s.t(), [[0], [1], [2]], [0, 1, 2], ks=(1,))["txt_r1"] == 100.0
 
 
 def test_recall_rejects_mismatched_inputs():
@@ -132,3 +135,27 @@ def test_itm_rerank_with_tiny_model():
     for k in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "agg_metrics"):
         assert 0.0 <= metrics[k] <= 100.0
     assert metrics["txt_r10"] == 100.0  # fewer than 10 candidates
+
+
+def test_ground_truth_from_the_caption_eval_split(tmp_path):
+    """The demo's Karpathy-format val split, through the registered `caption` builder."""
+    import json
+    from PIL import Image
+    from lavis_lite.common.registry import registry as reg
+
+    (tmp_path / "images").mkdir()
+    records = []
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(tmp_path / "images" / f"{i}.png")
+        records.append({"image": f"{i}.png", "caption": [f"cap {i} x", f"cap {i} y"], "image_id": 10 + i})
+    (tmp_path / "val.json").write_text(json.dumps(records))
+    builder = reg.get_builder_class("caption")({
+        "build_info": {"annotations": {"val": {"storage": str(tmp_path / "val.json")}},
+                       "images": {"storage": str(tmp_path / "images")}},
+        "vis_processor": {"eval": {"name": "blip2_image_eval", "image_size": 32}},
+        "text_processor": {"eval": {"name": "blip_caption"}}})
+    val = builder.build_datasets()["val"]
+    ids, texts, img2txt, txt2img = retrieval_ground_truth(val)
+    assert ids == ["10", "11", "12"]
+    assert texts == ["cap 0 x", "cap 0 y", "cap 1 x", "cap 1 y", "cap 2 x", "cap 2 y"]
+    assert img2txt == [[0, 1], [2, 3], [4, 5]] and txt2img == [0, 0, 1, 1, 2, 2]

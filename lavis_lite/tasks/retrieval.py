@@ -28,8 +28,9 @@ def recall_at_k(score_i2t: torch.Tensor, score_t2i: torch.Tensor, img2txt: list[
 
     score_i2t [n_img, n_txt], score_t2i [n_txt, n_img]; img2txt[i] lists the captions of image i,
     txt2img[t] is the image of caption t. A query's rank is the number of wrong candidates scoring
-    at least as high as its best right one (ties count against the model, so constant scores
-    do not look perfect).
+    above its best right one plus half of those tying with it: the expected rank under random
+    tie-breaking (identical captions of different images tie exactly; constant scores rank in the
+    middle, not first).
     """
     n_img, n_txt = score_i2t.shape
     if score_t2i.shape != (n_txt, n_img):
@@ -47,7 +48,7 @@ def recall_at_k(score_i2t: torch.Tensor, score_t2i: torch.Tensor, img2txt: list[
             is_pos = torch.zeros_like(row, dtype=torch.bool)
             is_pos[list(pos)] = True
             best = row[is_pos].max()
-            out[q] = ((row >= best) & ~is_pos).sum()
+            out[q] = ((row > best) & ~is_pos).sum() + 0.5 * ((row == best) & ~is_pos).sum()
         return out
 
     r_txt = ranks(score_i2t, img2txt)
@@ -67,13 +68,16 @@ def retrieval_ground_truth(dataset) -> tuple[list, list[str], list[list[int]], l
     """(image ids, texts, img2txt, txt2img) from a caption split's annotation records.
 
     Records need ``caption`` (a string or a list of strings) and an image id (``image_id``, else the
-    ``image`` path). Several records of one image (one caption each) are merged.
+    ``image`` path). Several records of one image (one caption each) are merged. An eval split whose
+    parsed records dropped the captions (CaptionEvalDataset) is read again from its annotation files.
     """
     records = getattr(dataset, "annotation", None)
     if records is None:
         raise TypeError(f"retrieval needs a dataset with an 'annotation' list; got {type(dataset).__name__}")
     text_processor = getattr(dataset, "text_processor", None)
     source = getattr(dataset, "ann_paths", None) or getattr(dataset, "ann_path", None) or type(dataset).__name__
+    if records and all("caption" not in r for r in records) and getattr(dataset, "ann_paths", None):
+        records = _with_captions_from_files(records, dataset.ann_paths)
     image_ids, texts, img2txt, txt2img, index = [], [], [], [], {}
     for i, rec in enumerate(records):
         if "caption" not in rec:
@@ -94,6 +98,32 @@ def retrieval_ground_truth(dataset) -> tuple[list, list[str], list[list[int]], l
     if not texts:
         raise ValueError(f"retrieval split {source} has no captions")
     return image_ids, texts, img2txt, txt2img
+
+
+def _with_captions_from_files(records: list[dict], ann_paths: list[str]) -> list[dict]:
+    """The parsed eval records (one per image, in loader order) with their captions from the raw files."""
+    import json
+
+    from lavis_lite.datasets.datasets.caption_datasets import image_id_from_path
+
+    captions: dict[str, list[str]] = {}
+    for path in ann_paths:
+        with open(path) as f:
+            raw = json.load(f)
+        raw = raw["annotations"] if isinstance(raw, dict) and "annotations" in raw else raw
+        for i, rec in enumerate(raw):
+            if not isinstance(rec, dict) or "caption" not in rec or "image" not in rec:
+                raise KeyError(f"record {i} of {path} needs 'image' and 'caption' for retrieval")
+            key = str(rec.get("image_id", image_id_from_path(rec["image"])))
+            caps = rec["caption"] if isinstance(rec["caption"], list) else [rec["caption"]]
+            captions.setdefault(key, []).extend(caps)
+    out = []
+    for rec in records:
+        key = str(rec.get("image_id", rec.get("image")))
+        if key not in captions:
+            raise KeyError(f"image id {key} has no caption in {ann_paths}")
+        out.append({"image_id": rec.get("image_id", rec.get("image")), "caption": captions[key]})
+    return out
 
 
 @registry.register_task("retrieval")
