@@ -39,6 +39,11 @@ class CaptionTask(GenerativeEvalTask):
                 gt = next((g for g in guesses if os.path.isfile(g)), None)
             if gt and gt not in files:
                 files.append(gt)
+        # Fail before hours of generation, not after.
+        for gt in files + [p for v in self.gt_files.values() for p in ([v] if isinstance(v, str) else v)]:
+            if not os.path.isfile(gt):
+                raise FileNotFoundError(f"captioning: ground-truth file {gt} does not exist (COCO caption format; "
+                                        "for COCO Karpathy it is coco_karpathy_<split>_gt.json)")
         self._dataset_gt = files
 
     def gt_file(self, split_name: str) -> list[str]:
