@@ -195,6 +195,24 @@ def build_eval_image_processor(proc_cfg: DictConfig):
     return registry.get_processor_class(proc_cfg.name).from_config(proc_cfg)
 
 
+def seed_like_training(cfg_path) -> int:
+    """Seed as train.py does before it builds the model (``run.seed``, default 42, rank 0).
+
+    Weights a checkpoint does not hold (frozen parts of a random-init tiny model) then come out
+    as they were in training; real models load those parts from their pretrained files anyway.
+    """
+    import random
+
+    import numpy as np
+
+    run = OmegaConf.load(resolve_cfg_path(cfg_path)).get("run", None) or {}
+    seed = int(run.get("seed", 42))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
 def load_model_from_cfg(cfg_path, checkpoint: str | None = None, device: str | None = "cpu",
                         options: Iterable[str] = ()):
     """Build the model described by ``cfg_path`` in eval mode on ``device``.
@@ -207,6 +225,7 @@ def load_model_from_cfg(cfg_path, checkpoint: str | None = None, device: str | N
 
     model_cfg = build_model_config(cfg_path, options)
     model_cls = registry.get_model_class(model_cfg.arch)
+    seed_like_training(cfg_path)
     model = model_cls.from_config(model_cfg)
     exported = export_weights_of(cfg_path)
     if exported:  # the folder's full weights first, a (trainable-weights) checkpoint over them

@@ -124,3 +124,22 @@ def test_export_of_model_built_from_llm_folder_is_self_contained(setup, tmp_path
     _assert_same_weights(built, reopened)
     got_answers, got_loss = _outputs(reopened, images)
     assert got_answers == answers and torch.equal(got_loss, loss)
+
+
+def test_tools_build_the_random_init_weights_training_built(tmp_path):
+    """A trainable-weights checkpoint of the tiny model only makes sense on the frozen random
+    weights training had: the tools seed like train.py (run.seed) before building the model."""
+    from lavis_lite.common.config import Config
+    from lavis_lite.common.registry import registry
+    from lavis_lite.runners.runner_base import setup_seeds
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(TINY_MODEL_YAML + "run:\n  task: instruction_tuning\n  seed: 7\n")
+    cfg = Config.from_file(str(run_yaml))
+    setup_seeds(cfg.run_cfg)
+    trained = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg).build_model(cfg)
+    torch.manual_seed(123)  # whatever happened before must not matter
+    _assert_same_weights(trained, load_model_from_cfg(str(run_yaml))[0])
+    other = tmp_path / "other_seed.yaml"
+    other.write_text(run_yaml.read_text().replace("seed: 7", "seed: 8"))
+    assert not torch.equal(trained.llm_proj.weight, load_model_from_cfg(str(other))[0].llm_proj.weight)
