@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, median, synthetic_conversations  # noqa: E402
+from _common import emit, median, synthetic_conversations, write_synthetic_photos  # noqa: E402
 
 PRESETS = {
     "naive": {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0},
@@ -78,8 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--data", choices=("disk", "synthetic"), default="disk",
                    help="disk: PNGs decoded + transformed by the DataLoader; synthetic: random pixels in memory")
     p.add_argument("--n-records", type=int, default=256)
-    p.add_argument("--source-size", type=int, default=256, help="side of the generated PNGs")
-    p.add_argument("--max-words", type=int, default=60, help="longest reply in words (text length spread)")
+    p.add_argument("--source-size", default="640x480", help="WxH of the generated JPEGs (COCO-like)")
+    p.add_argument("--max-words", type=int, default=30,
+                   help="longest reply in words; 30 gives ~100 text tokens per sample on average")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--lora", action="store_true", help="LoRA r=8 on q/k/v/o projections as well")
     p.add_argument("--find-max-batch", action="store_true", help="(GPU) largest batch that fits, per mode")
@@ -163,19 +164,18 @@ def configure(model, mode: dict) -> None:
 
 # ---- data ----------------------------------------------------------------------------------------
 def build_disk_data(args, model, workdir):
-    """PNG images + synthetic conversations of varied length, read by the project's InstructionDataset."""
+    """Synthetic 640x480 JPEGs + conversations of varied length, read by the project's InstructionDataset
+    with the eval transform; and the same dataset reading the frozen-feature cache (built here, timed)."""
     import json
 
     from lavis_lite.common.feature_cache import attach_feature_cache, cache_for_model, fill_cache
     from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
-    from lavis_lite.datasets.demo import generate
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 
-    generate(workdir, n=max(16, args.n_records * 10 // 8 + 8), seed=args.seed, size=args.source_size, n_shards=1)
-    images = sorted(os.listdir(os.path.join(workdir, "images", "train")))
+    width, height = (int(x) for x in args.source_size.split("x"))
+    images = write_synthetic_photos(os.path.join(workdir, "images"), args.n_records, width, height, args.seed)
     convs = synthetic_conversations(args.n_records, seed=args.seed, max_words=args.max_words)
-    records = [{"id": str(i), "image": f"train/{images[i % len(images)]}", "conversations": c}
-               for i, c in enumerate(convs)]
+    records = [{"id": str(i), "image": os.path.basename(images[i]), "conversations": c} for i, c in enumerate(convs)]
     ann = os.path.join(workdir, "bench_train.json")
     with open(ann, "w") as f:
         json.dump(records, f)
@@ -301,6 +301,23 @@ def flops_per_sample(model, batch, mode) -> float:
     return total / n
 
 
+def llm_token_stats(model, args) -> dict:
+    """Sequence lengths of the benchmark's samples and LLM positions computed per sample in each layout."""
+    from lavis_lite.models.packing import padding_stats
+
+    convs = synthetic_conversations(args.n_records, seed=args.seed, max_words=args.max_words)
+    lengths = model.preprocess(convs, [1] * len(convs)).lengths
+    totals: dict = {}
+    for s in range(0, len(lengths) - args.batch_size + 1, args.batch_size):
+        for k, v in padding_stats(lengths[s:s + args.batch_size], model.chatml.max_txt_len).items():
+            totals[k] = totals.get(k, 0) + v
+    n = (len(lengths) // args.batch_size) * args.batch_size
+    out = {k: round(v / n, 1) for k, v in totals.items() if k != "packed_rows"}
+    out["mean_seq_len"] = round(sum(lengths) / len(lengths), 1)
+    out["mean_text_tokens"] = round(out["mean_seq_len"] - model.num_query_token, 1)
+    return out
+
+
 def peak_tflops(args) -> float | None:
     import torch
     if args.peak_tflops:
@@ -399,6 +416,7 @@ def main(argv=None) -> dict:
             figures[name]["max_batch"] = find_max_batch(model, optimizer, args, mode, bool(mode["cache"]))
     if cache_build_s is not None:
         figures["cache_build_s"] = round(cache_build_s, 2)
+    figures["llm_tokens"] = llm_token_stats(model, args)
     config = dict(vars(args), modes={n: m for n, m in modes.items()}, model_params=model.show_n_params(),
                   frozen_stage=model.frozen_feature_stage(), peak_bf16_tflops=peak)
     workdir.cleanup()

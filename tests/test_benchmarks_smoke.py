@@ -1,0 +1,89 @@
+"""Each benchmark script runs for a moment at tiny size and prints one JSON line with its keys."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+ENV_KEYS = {"python", "torch", "transformers", "cpu_count", "torch_threads", "cuda", "git_commit"}
+
+
+def run_bench(name, argv, capsys):
+    """Import benchmarks/<name>.py and run its main(argv) in this process; return the parsed JSON line."""
+    import sys
+    sys.path.insert(0, BENCH_DIR)
+    threads = torch.get_num_threads()
+    try:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH_DIR, f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        capsys.readouterr()
+        module.main(argv)
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(BENCH_DIR)
+    assert len(lines) == 1, lines  # exactly one line of output
+    record = json.loads(lines[0])
+    assert record["bench"] == name
+    assert {"config", "figures", "env"} <= set(record)
+    assert ENV_KEYS <= set(record["env"])
+    return record
+
+
+def test_bench_preprocess(capsys):
+    r = run_bench("bench_preprocess", ["--n", "64", "--seconds", "0.2", "--repeats", "1", "--all-cores"], capsys)
+    f = r["figures"]
+    assert f["conversations_per_s_epoch1"] > 0 and f["conversations_per_s_epoch2plus"] > 0
+    assert f["text_cache"] is True and f["mean_tokens_per_conversation"] > 8
+
+
+def test_bench_data(capsys):
+    r = run_bench("bench_data", ["--n", "24", "--source-size", "64", "--image-size", "32", "--batch-size", "4",
+                                 "--workers", "0", "--seconds", "0.3", "--feature-shape", "8,64"], capsys)
+    f = r["figures"]
+    assert f["images_per_s_workers_0"] > 0 and f["cached_features_per_s_workers_0"] > 0
+    assert r["config"]["n_records"] > 0
+
+
+@pytest.mark.slow
+def test_bench_train(capsys):
+    r = run_bench("bench_train", ["--size", "tiny", "--modes", "naive,fast_cache", "--n-records", "16",
+                                  "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                                  "--source-size", "64x48"], capsys)
+    f = r["figures"]
+    for mode in ("naive", "fast_cache"):
+        assert {"samples_per_s", "samples_per_cpu_s", "supervised_tokens_per_s", "peak_mem_mb",
+                "speedup_vs_naive"} <= set(f[mode])
+        assert f[mode]["samples_per_s"] > 0 and f[mode]["peak_mem_mb"] > 0
+    assert f["naive"]["speedup_vs_naive"] == 1.0
+    assert r["config"]["modes"]["naive"] == {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0}
+    t = f["llm_tokens"]
+    assert t["packed"] <= t["pad_to_longest"] <= t["pad_to_max"] and t["real_tokens"] <= t["packed"]
+
+
+@pytest.mark.slow
+def test_bench_generate(capsys):
+    r = run_bench("bench_generate", ["--size", "tiny", "--batch-size", "2", "--max-new-tokens", "3",
+                                     "--repeats", "1"], capsys)
+    f = r["figures"]
+    assert f["batched_tokens_per_s"] > 0 and f["one_by_one_tokens_per_s"] > 0
+    assert f["batched_equals_one_by_one"] is True
+
+
+def test_bench_train_rejects_unknown_mode_key():
+    import sys
+    sys.path.insert(0, BENCH_DIR)
+    try:
+        spec = importlib.util.spec_from_file_location("bench_train", os.path.join(BENCH_DIR, "bench_train.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(BENCH_DIR)
+    assert module.parse_modes("naive,mine:pad=max+pack=0")["mine"] == {"pad": "max", "ckpt": 0, "pack": 0, "cache": 0}
+    with pytest.raises(ValueError, match="unknown key"):
+        module.parse_modes("x:flash=1")
+    with pytest.raises(ValueError, match="unknown mode"):
+        module.parse_modes("fastest")
