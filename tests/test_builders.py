@@ -187,3 +187,38 @@ def test_builders_and_datasets_pickle(cache):
     train = load_dataset("coco_caption")["train"]
     clone = pickle.loads(pickle.dumps(train))
     assert torch.equal(clone[0]["image"], train[0]["image"]) and clone[0]["image_id"] == 0
+
+
+def _two_rank_worker(rank, port, cache_root, src_uri, md5, out_dir):
+    import os
+    import torch.distributed as dist
+    os.environ["LAVIS_LITE_CACHE_ROOT"] = cache_root
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        import lavis_lite  # noqa: F401
+        from lavis_lite.common.registry import registry as reg
+        from omegaconf import OmegaConf as OC
+        cls = reg.get_builder_class("instruction")
+        cfg = OC.merge(cls.default_config(), {"build_info": {"annotations": {
+            "train": {"url": src_uri, "storage": "shared/train.json", "md5": md5}}}})
+        ds = cls(cfg).build_datasets()["train"]
+        with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+            f.write(str(len(ds)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_fetch_once_and_agree(tmp_path):
+    """Rank 0 fetches into cache_root, rank 1 waits; both build the same split, nobody hangs."""
+    import socket
+    import torch.multiprocessing as mp
+    src = _dump(tmp_path / "remote" / "train.json", [{"instruction": f"q{i}", "output": "a"} for i in range(5)])
+    md5 = hashlib.md5(src.read_bytes()).hexdigest()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_rank_worker, args=(port, str(tmp_path / "cache"), src.as_uri(), md5, str(tmp_path)),
+             nprocs=2, join=True)
+    assert (tmp_path / "cache" / "shared" / "train.json").read_bytes() == src.read_bytes()
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text() == "5"

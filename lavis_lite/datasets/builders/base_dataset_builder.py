@@ -108,38 +108,41 @@ class BaseDatasetBuilder:
         return {s: annotations[s] for s in SPLITS if s in annotations and annotations[s] is not None}
 
     def fetch_annotations(self) -> None:
-        """Put every split's annotation files at their storage path; check md5 when given."""
+        """Put every split's annotation files at their storage path; check md5 when given.
+
+        Rank 0 decides what is missing and broadcasts it, so every rank takes the same barriers
+        even when rank 0 has already written a file the others have not looked for yet."""
+        jobs = []  # (split, target, url, md5)
         for split, info in self._split_infos().items():
             storages = as_list(info.get("storage", None))
             urls = as_list(info.get("url", None))
             md5s = as_list(info.get("md5", None))
             if not storages:
                 raise ConfigError(f"dataset {self.name!r}: build_info.annotations.{split}.storage is missing")
-            if urls and len(urls) != len(storages):
-                raise ConfigError(f"dataset {self.name!r}: build_info.annotations.{split} has {len(urls)} urls "
-                                  f"but {len(storages)} storage paths")
-            if md5s and len(md5s) != len(storages):
-                raise ConfigError(f"dataset {self.name!r}: build_info.annotations.{split} has {len(md5s)} md5s "
-                                  f"but {len(storages)} storage paths")
+            for key, values in (("urls", urls), ("md5s", md5s)):
+                if values and len(values) != len(storages):
+                    raise ConfigError(f"dataset {self.name!r}: build_info.annotations.{split} has {len(values)} "
+                                      f"{key} but {len(storages)} storage paths")
             for k, storage in enumerate(storages):
-                target = resolve_storage(storage)
-                md5 = md5s[k] if md5s else None
-                if not os.path.isfile(target):
-                    if not urls:
-                        raise FileNotFoundError(f"dataset {self.name!r} split {split!r}: annotation file {target} "
-                                                f"does not exist and no url is given to fetch it")
-                    # All ranks call it: rank 0 downloads, the others wait at its barrier.
-                    local = dist_utils.download_cached_file(urls[k], md5=md5)
-                    if dist_utils.is_main_process() and os.path.abspath(local) != os.path.abspath(target):
-                        os.makedirs(os.path.dirname(target), exist_ok=True)
-                        shutil.copyfile(local, target + ".part")
-                        os.replace(target + ".part", target)
-                    dist_utils.barrier()
-                if md5:
-                    got = dist_utils.md5sum(target)
-                    if got != md5:
-                        raise ValueError(f"dataset {self.name!r} split {split!r}: md5 mismatch for {target}: "
-                                         f"expected {md5}, got {got}")
+                jobs.append((split, resolve_storage(storage), urls[k] if urls else None, md5s[k] if md5s else None))
+        missing = _broadcast_from_main([not os.path.isfile(target) for _, target, _, _ in jobs])
+        for (split, target, url, md5), is_missing in zip(jobs, missing):
+            if is_missing:
+                if url is None:
+                    raise FileNotFoundError(f"dataset {self.name!r} split {split!r}: annotation file {target} "
+                                            f"does not exist and no url is given to fetch it")
+                # Every rank calls it: rank 0 downloads, the others wait at its barrier.
+                local = dist_utils.download_cached_file(url, md5=md5)
+                if dist_utils.is_main_process() and os.path.abspath(local) != os.path.abspath(target):
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copyfile(local, target + ".part")
+                    os.replace(target + ".part", target)
+                dist_utils.barrier()
+            if md5:
+                got = dist_utils.md5sum(target)
+                if got != md5:
+                    raise ValueError(f"dataset {self.name!r} split {split!r}: md5 mismatch for {target}: "
+                                     f"expected {md5}, got {got}")
 
     def build_processors(self) -> None:
         for attr, key in (("vis_processors", "vis_processor"), ("text_processors", "text_processor")):
@@ -194,6 +197,16 @@ class BaseDatasetBuilder:
             datasets[split] = cls(**kwargs)
             datasets[split].name = self.name
         return datasets
+
+
+def _broadcast_from_main(obj):
+    """Rank 0's ``obj`` on every rank (itself when not distributed)."""
+    if not dist_utils.is_dist_avail_and_initialized():
+        return obj
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None, config_path: str | None = None,
