@@ -137,12 +137,14 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def resolve_cfg_path(cfg_path: str | os.PathLike) -> str:
-    """A YAML file, or a folder written by ``lavis_lite.tools.export`` (its config.yaml)."""
+    """A YAML file, or the config.yaml of a folder: an export folder (``lavis_lite.tools.export``)
+    or a training job folder (``output_dir/<job_id>``, where the runner saves its config)."""
     cfg_path = os.path.expanduser(os.fspath(cfg_path))
     if os.path.isdir(cfg_path):
         cand = os.path.join(cfg_path, EXPORT_CONFIG_NAME)
         if not os.path.isfile(cand):
-            raise FileNotFoundError(f"Folder {cfg_path!r} holds no {EXPORT_CONFIG_NAME}")
+            raise FileNotFoundError(f"Folder {cfg_path!r} holds no {EXPORT_CONFIG_NAME} "
+                                    "(expected an export folder or a training job folder)")
         return cand
     if not os.path.isfile(cfg_path):
         raise FileNotFoundError(f"Config {cfg_path!r} does not exist")
@@ -219,7 +221,9 @@ def load_model_from_cfg(cfg_path, checkpoint: str | None = None, device: str | N
 
     ``checkpoint`` may be a training checkpoint file (trainable weights), a full
     ``model.safetensors`` or an export folder. With ``cfg_path`` an export folder (or its
-    config.yaml) the folder's own weights are loaded first, then ``checkpoint`` over them. Returns ``(model, image_processor, model_cfg)``.
+    config.yaml) the folder's own weights are loaded first, then ``checkpoint`` over them; with
+    ``cfg_path`` a training job folder and no checkpoint, the job's best (else newest) checkpoint.
+    Returns ``(model, image_processor, model_cfg)``.
     """
     from lavis_lite.common.registry import registry
 
@@ -230,6 +234,7 @@ def load_model_from_cfg(cfg_path, checkpoint: str | None = None, device: str | N
     exported = export_weights_of(cfg_path)
     if exported:  # the folder's full weights first, a (trainable-weights) checkpoint over them
         load_weights(model, exported)
+    checkpoint = checkpoint or job_checkpoint_of(cfg_path)
     if checkpoint:
         load_weights(model, checkpoint)
     model = model.to(resolve_device(device)).eval()
@@ -246,6 +251,22 @@ def export_weights_of(cfg_path) -> str | None:
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{path} describes an export but its weights {weights!r} are missing")
     return weights
+
+
+def job_checkpoint_of(cfg_path) -> str | None:
+    """For a training job folder given as ``cfg_path``: its checkpoint_best, else its newest
+    complete checkpoint_<step>; None for anything else."""
+    from lavis_lite.common import checkpoint as ckpt
+
+    path = os.path.expanduser(os.fspath(cfg_path))
+    if not os.path.isdir(path) or export_weights_of(path):
+        return None
+    best = os.path.join(path, "checkpoint_best")
+    found = best if ckpt.is_complete(best) else ckpt.find_latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"Job folder {path!r} holds no complete checkpoint (checkpoint_best or "
+                                "checkpoint_<step>); pass --checkpoint")
+    return found
 
 
 def resolve_checkpoint_file(checkpoint: str | os.PathLike) -> str:

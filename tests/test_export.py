@@ -138,8 +138,28 @@ def test_tools_build_the_random_init_weights_training_built(tmp_path):
     cfg = Config.from_file(str(run_yaml))
     setup_seeds(cfg.run_cfg)
     trained = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg).build_model(cfg)
+    with torch.no_grad():  # "training" changed the trainable weights
+        trained.llm_proj.weight.mul_(-3.0)
     torch.manual_seed(123)  # whatever happened before must not matter
-    _assert_same_weights(trained, load_model_from_cfg(str(run_yaml))[0])
+    rebuilt = load_model_from_cfg(str(run_yaml))[0]
+    assert not torch.equal(rebuilt.llm_proj.weight, trained.llm_proj.weight)
+    assert torch.equal(rebuilt.llm_model.lm_head.weight, trained.llm_model.lm_head.weight)
+
+    # a job folder as the runner leaves it: config.yaml + checkpoint_best with trainable weights
+    from lavis_lite.common import checkpoint as ckpt
+
+    job = tmp_path / "output" / "job1"
+    job.mkdir(parents=True)
+    cfg.dump(str(job / "config.yaml"))
+    tmp = ckpt.begin_save(str(job / "checkpoint_best"))
+    ckpt.save_tensors(ckpt.trainable_state(trained), os.path.join(tmp, ckpt.WEIGHTS_NAME))
+    ckpt.finish_save(tmp, str(job / "checkpoint_best"))
+    _assert_same_weights(trained, load_model_from_cfg(str(job))[0])
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
+        empty = tmp_path / "output" / "job2"
+        empty.mkdir()
+        (empty / "config.yaml").write_text((job / "config.yaml").read_text())
+        load_model_from_cfg(str(empty))
     other = tmp_path / "other_seed.yaml"
     other.write_text(run_yaml.read_text().replace("seed: 7", "seed: 8"))
     assert not torch.equal(trained.llm_proj.weight, load_model_from_cfg(str(other))[0].llm_proj.weight)
