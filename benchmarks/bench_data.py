@@ -1,9 +1,11 @@
 """Images/s through the instruction DataLoader: decode + eval transform + collate, with N workers;
 and, for comparison, the same loader reading the frozen-feature cache instead of images.
 
-    python benchmarks/bench_data.py --n 512 --source-size 256 --image-size 224 --workers 0,2 --seconds 5
+    python benchmarks/bench_data.py --n 256 --source-size 640x480 --image-size 224 --workers 0,2 --seconds 5
 
-Prints one JSON line. Without --data-dir, demo data is generated in a temporary folder.
+Prints one JSON line. Without --data-dir, COCO-sized synthetic JPEGs (photo-like statistics) and
+instruction records are generated in a temporary folder; --data-dir reads demo-format data
+(``python -m lavis_lite.datasets.demo``).
 """
 from __future__ import annotations
 
@@ -14,14 +16,14 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, median  # noqa: E402
+from _common import emit, median, synthetic_conversations, write_synthetic_photos  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=None, help="demo-format data (python -m lavis_lite.datasets.demo)")
-    p.add_argument("--n", type=int, default=512, help="records to generate when --data-dir is not given")
-    p.add_argument("--source-size", type=int, default=256, help="side of the generated PNGs")
+    p.add_argument("--n", type=int, default=256, help="records to generate when --data-dir is not given")
+    p.add_argument("--source-size", default="640x480", help="WxH of the generated JPEGs")
     p.add_argument("--image-size", type=int, default=224, help="eval transform output side")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
@@ -66,15 +68,22 @@ def main(argv=None) -> dict:
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 
     tmp = None
-    data_dir = args.data_dir
-    if data_dir is None:
-        from lavis_lite.datasets.demo import generate
-        tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
-        data_dir = tmp.name
-        generate(data_dir, n=args.n, seed=0, size=args.source_size, n_shards=1)
     processor = BlipImageEvalProcessor(image_size=args.image_size)
-    dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(data_dir, "images"),
-                                 ann_paths=[os.path.join(data_dir, "instruction", "train.json")])
+    if args.data_dir is None:
+        import json
+        tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
+        width, height = (int(x) for x in args.source_size.split("x"))
+        paths = write_synthetic_photos(os.path.join(tmp.name, "images"), args.n, width, height)
+        records = [{"image": os.path.basename(p), "conversations": c}
+                   for p, c in zip(paths, synthetic_conversations(args.n))]
+        ann = os.path.join(tmp.name, "train.json")
+        with open(ann, "w") as f:
+            json.dump(records, f)
+        dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(tmp.name, "images"),
+                                     ann_paths=[ann])
+    else:
+        dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(args.data_dir, "images"),
+                                     ann_paths=[os.path.join(args.data_dir, "instruction", "train.json")])
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     figures = {f"images_per_s_workers_{w}": [] for w in workers}
 

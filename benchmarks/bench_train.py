@@ -1,16 +1,18 @@
 """Training throughput of MiniGPT4-Qwen: samples/s, supervised tokens/s, peak memory, (GPU) MFU.
 
     # CPU, bench size, naive vs optimised vs optimised + feature cache, interleaved, medians:
-    python benchmarks/bench_train.py --size bench --modes naive,fast,fast_cache --steps 8 --repeats 3
+    python benchmarks/bench_train.py --size bench --modes naive,fast,fast_pack,fast_cache --steps 8 --repeats 3
     # GPU, full size (EVA-ViT-G + Q-Former + Qwen-7B-shaped LLM, random weights, bf16):
     python benchmarks/bench_train.py --size full --device cuda --dtype bf16 --data synthetic \
-        --batch-size 32 --modes fast,fast_cache --steps 10 --repeats 2 [--lora] [--find-max-batch]
+        --batch-size 32 --modes naive,fast,fast_pack,fast_cache --steps 10 --repeats 2 [--lora] [--find-max-batch]
 
 Modes (``--modes``) are presets, or ``name:key=value,...`` with keys pad (max|longest),
-ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1):
-  naive      = pad=max,ckpt=1,pack=0,cache=0  (the published recipe)
-  fast       = pad=longest,ckpt=0,pack=1,cache=0
-  fast_cache = pad=longest,ckpt=0,pack=1,cache=1
+ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), joined by "+", e.g. ``mine:pad=max+ckpt=0``:
+  naive           = pad=max,ckpt=1,pack=0,cache=0  (the published recipe)
+  fast            = pad=longest,ckpt=0,pack=0,cache=0
+  fast_pack       = pad=longest,ckpt=0,pack=1,cache=0
+  fast_cache      = pad=longest,ckpt=0,pack=0,cache=1
+  fast_pack_cache = pad=longest,ckpt=0,pack=1,cache=1
 Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
 timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
 times; medians are reported. Prints one JSON line.
@@ -28,9 +30,10 @@ from _common import emit, median, synthetic_conversations, write_synthetic_photo
 
 PRESETS = {
     "naive": {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0},
-    "fast": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 0},
-    "fast_nopack": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0},
-    "fast_cache": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 1},
+    "fast": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0},
+    "fast_pack": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 0},
+    "fast_cache": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 1},
+    "fast_pack_cache": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 1},
 }
 # Peak dense bf16 tensor FLOP/s, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
