@@ -128,3 +128,16 @@ def test_bad_sample_in_shard_skip(tmp_path):
     assert len(ids) == 18 and "s3" not in ids  # one shard per worker, one bad sample each
     report = ds.skip_report()
     assert report["skipped"] == 2 and report["seen"] == 20
+
+
+def test_split_by_node_then_worker(demo_dir, monkeypatch):
+    """Two ranks x two workers: every record read exactly once over both ranks."""
+    shards = {"train": str(demo_dir / "shards" / "train-{000000..000003}.tar")}
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = _build("wds_instruction", shards)["train"]
+        per_rank.append([i for b in _loader(ds) for i in b["instance_id"]])
+    assert per_rank[0] and per_rank[1] and not set(per_rank[0]) & set(per_rank[1])
+    assert len(per_rank[0]) + len(per_rank[1]) == N - 16
