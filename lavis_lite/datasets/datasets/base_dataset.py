@@ -61,7 +61,15 @@ def load_image(path: str) -> Image.Image:
 
 class BaseDataset(Dataset):
     """Subclasses implement ``parse_record`` (validate + normalise one annotation record; raise
-    ``ValueError`` / ``KeyError`` / ``TypeError`` for a bad one) and ``load_sample(record)``."""
+    ``ValueError`` / ``KeyError`` / ``TypeError`` for a bad one) and ``load_sample(index)``.
+
+    Bad input: a bad record is found while reading the files (raise: ``DataError`` naming file and
+    record index; skip: dropped and counted). A bad image is found in ``__getitem__`` (raise: the
+    same error, re-raised by DataLoader workers in the main process; skip: the next good record
+    stands in, so batches keep their size; evaluation then sees that record twice, which result
+    de-duplication by id absorbs). ``skip_report()`` gives and resets the counts over all workers;
+    call it once per epoch.
+    """
 
     def __init__(self, vis_processor=None, text_processor=None, vis_root: str | None = None,
                  ann_paths: Sequence[str] = (), on_error: str = "raise", max_skip_fraction: float = 0.05):
