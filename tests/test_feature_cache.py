@@ -259,3 +259,49 @@ run:
     assert sample["image"].shape[-2:] == (8, 64)  # Q-Former outputs, not pixels
     off = Config(ConfigArgs(cfg_path=str(run_yaml), options=["run.feature_cache.enabled=false"]))
     assert prepare_feature_cache(off, model, datasets) is datasets
+
+
+@pytest.mark.slow
+def test_train_py_reads_the_cache(demo_dir, tmp_path):
+    """build_job (train.py) with run.feature_cache.enabled trains on cached features, end to end."""
+    import math
+
+    from lavis_lite.runners.launch import build_job
+
+    run_yaml = tmp_path / "train.yaml"
+    run_yaml.write_text(f"""
+model: {{arch: minigpt4qwen, model_type: tiny}}
+datasets:
+  instruction:
+    build_info:
+      annotations: {{train: {{storage: {demo_dir}/instruction/train.json}}}}
+      images: {{storage: {demo_dir}/images}}
+    vis_processor:
+      train: {{name: blip2_image_train, image_size: 32}}
+      eval: {{name: blip2_image_eval, image_size: 32}}
+run:
+  task: instruction_tuning
+  runner: runner_base
+  device: cpu
+  seed: 42
+  lr_sched: constant_lr
+  init_lr: 1.0e-3
+  max_epoch: 1
+  batch_size_train: 8
+  batch_size_eval: 8
+  num_workers: 0
+  amp: false
+  progress_bar: false
+  train_splits: [train]
+  output_dir: {tmp_path}/out
+  feature_cache: {{enabled: true, root: {tmp_path}/features}}
+""")
+    cfg, task, runner = build_job(["--cfg-path", str(run_yaml), "--job-id", "cached"])
+    train_set = runner.datasets["instruction"]["train"]
+    assert len(train_set.feature_cache) > 0
+    batch = next(iter(runner.train_stream))
+    assert "image_features" in batch and "image" not in batch
+    runner.train()
+    log = (tmp_path / "out" / "cached" / "log.txt").read_text()
+    assert "loss" in log and "nan" not in log.lower()
+    assert not math.isnan(float(task.train_step(runner.unwrapped_model, batch)["loss"].detach()))

@@ -388,10 +388,13 @@ def prepare_feature_cache(cfg, model, datasets: dict, progress: bool = True, for
         if not force:
             return datasets
         settings = feature_cache_settings({"feature_cache": {"enabled": True}})
+    splits = settings["splits"]
+    if cfg.run_cfg.get("evaluate", False):  # evaluation-only job: no training split needs features
+        splits = [s for s in splits if s != "train"]
     out = {}
     for name, by_split in datasets.items():
         out[name] = dict(by_split)
-        for split in settings["splits"]:
+        for split in splits:
             if split not in by_split:
                 continue
             dataset = by_split[split]
