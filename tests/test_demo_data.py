@@ -91,6 +91,7 @@ def _expected(kind, params, size):
     if kind == "count":
         return str(len(params[0]["shapes"]))
     if kind == "position":
+        assert params[0]["layout"] == "position"
         dx, dy = s0["cx"] - size / 2, s0["cy"] - size / 2
         return ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("top" if dy < 0 else "bottom")
     if kind == "describe":
@@ -174,7 +175,11 @@ def test_caption_files_and_coco_ground_truth(demo_dir):
             if r["image"] in imgs:
                 params = rec["params"][imgs.index(r["image"])]
         s = params["shapes"][0]
-        assert s["colour"] in cap and s["shape"] in cap
+        assert s["colour"] in cap and s["shape"] in cap and params["background"] in cap
+        if params["layout"] == "position":
+            assert f"on the {_expected('position', [params], 32)} side" in cap
+        else:
+            assert " side " not in cap
     score, _ = Bleu(4).compute_score(refs, {k: [v[0]] for k, v in refs.items()}, verbose=0)
     assert score[3] > 0.99
 

@@ -75,7 +75,8 @@ def single_params(rng: random.Random, S: int, shape=None, colour=None) -> dict:
     jitter = max(1, round(0.08 * S))
     size = rng.randint(round(0.55 * S), round(0.75 * S))
     cx, cy = S // 2 + rng.randint(-jitter, jitter), S // 2 + rng.randint(-jitter, jitter)
-    return {"background": rng.choice(list(BACKGROUNDS)), "shapes": [_shape(rng, shape, colour, cx, cy, size)]}
+    return {"layout": "centre", "background": rng.choice(list(BACKGROUNDS)),
+            "shapes": [_shape(rng, shape, colour, cx, cy, size)]}
 
 
 def count_params(rng: random.Random, S: int) -> dict:
@@ -84,7 +85,7 @@ def count_params(rng: random.Random, S: int) -> dict:
     shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
     slots = rng.sample([(S // 4, S // 4), (3 * S // 4, S // 4), (S // 4, 3 * S // 4), (3 * S // 4, 3 * S // 4)], n)
     size = max(3, round(0.34 * S))
-    return {"background": rng.choice(list(BACKGROUNDS)),
+    return {"layout": "count", "background": rng.choice(list(BACKGROUNDS)),
             "shapes": [_shape(rng, shape, colour, x, y, size) for x, y in slots]}
 
 
@@ -92,7 +93,7 @@ def position_params(rng: random.Random, S: int) -> dict:
     where = rng.choice(POSITIONS)
     x, y = {"left": (S // 4, S // 2), "right": (3 * S // 4, S // 2),
             "top": (S // 2, S // 4), "bottom": (S // 2, 3 * S // 4)}[where]
-    return {"background": rng.choice(list(BACKGROUNDS)),
+    return {"layout": "position", "background": rng.choice(list(BACKGROUNDS)),
             "shapes": [_shape(rng, None, None, x, y, max(3, round(0.38 * S)))]}
 
 
@@ -110,12 +111,14 @@ def caption_of(params: dict, S: int, variant: int = 0) -> str:
     n, s = len(shapes), shapes[0]
     noun = f"{s['colour']} {s['shape']}" + ("s" if n > 1 else "")
     subject = f"a {noun}" if n == 1 else f"{NUMBER_WORDS[n]} {noun}"
-    where = ""
-    if n == 1 and s["size"] < 0.5 * S:  # a small single shape is a position image
-        where = f" on the {position_of(params, S)}"
+    if params.get("layout") == "position":
+        where = position_of(params, S)
+        if variant == 0:
+            return f"{subject} on the {where} side of a {bg} background."
+        return f"a picture of {subject} on the {where}."
     if variant == 0:
-        return f"{subject}{where} on a {bg} background."
-    return f"a picture of {subject}{where}."
+        return f"{subject} on a {bg} background."
+    return f"a picture of {subject}."
 
 
 def answer_of(kind: str, params: list[dict], S: int) -> str:
