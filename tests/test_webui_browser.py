@@ -92,7 +92,7 @@ def test_respond_streams_growing_answer_and_keeps_history(tiny):
     assert updates[0][1][-1]["content"] == ""
     contents = [u[1][-1]["content"] for u in updates]
     assert len(contents) >= 3, "answer did not arrive in several streamed pieces"
-    assert all(b.startswith(a) for a, b in zip(contents, contents[1:]))
+    assert all(b.startswith(a.rstrip()) for a, b in zip(contents, contents[1:]))  # final one is stripped
     assert contents[-1] == expected
     session = updates[-1][2]
     assert [t["from"] for t in session.history] == ["human", "gpt"]
@@ -162,3 +162,48 @@ def test_webui_in_headless_chromium(tiny, tmp_path):
     finally:
         driver.quit()
         demo.close()
+
+
+def test_webui_binds_localhost_by_default():
+    from lavis_lite.webui import build_parser
+
+    args = build_parser().parse_args(["--cfg-path", "x.yaml"])
+    assert args.host == "127.0.0.1" and args.port == 7860
+
+
+@pytest.mark.slow
+def test_webui_process_serves_page(tmp_path):
+    """``python -m lavis_lite.webui`` as a user starts it: the page answers on 127.0.0.1."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    pytest.importorskip("gradio")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY_MODEL_YAML)
+    port = _free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               PYTHONUNBUFFERED="1")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "lavis_lite.webui", "--cfg-path", str(cfg), "--port", str(port)],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import time
+
+        deadline, config = time.monotonic() + 240, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as resp:
+                    config = json.loads(resp.read())
+                break
+            except OSError:
+                time.sleep(1)
+        assert config is not None, f"web demo did not come up: {proc.stdout.read() if proc.poll() is not None else ''}"
+        assert config.get("title") == "lavis_lite chat"
+        ids = {c.get("props", {}).get("elem_id") for c in config.get("components", [])}
+        assert {"images", "chatbot", "question", "temperature", "top_p", "num_beams", "max_new_tokens",
+                "clear"} <= ids
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
