@@ -222,3 +222,11 @@ def test_two_ranks_fetch_once_and_agree(tmp_path):
              nprocs=2, join=True)
     assert (tmp_path / "cache" / "shared" / "train.json").read_bytes() == src.read_bytes()
     assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text() == "5"
+
+
+def test_gt_path_on_any_split(cache, tmp_path):
+    ann = _dump(tmp_path / "val.json", [{"instruction": "q", "output": "a"}])
+    cfg = OmegaConf.merge(registry.get_builder_class("instruction").default_config(), {
+        "build_info": {"annotations": {"val": {"storage": str(ann), "gt": "gt/val_gt.json"}}}})
+    ds = registry.get_builder_class("instruction")(cfg).build_datasets()["val"]
+    assert ds.gt_path == str(cache / "gt" / "val_gt.json")

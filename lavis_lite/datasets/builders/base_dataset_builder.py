@@ -192,10 +192,10 @@ class BaseDatasetBuilder:
                 on_error=self.config.get("on_error", "raise"),
                 max_skip_fraction=float(self.config.get("max_skip_fraction", 0.05)),
             )
-            if info.get("gt", None) and not is_train:
-                kwargs["gt_path"] = resolve_storage(info.gt)
             datasets[split] = cls(**kwargs)
             datasets[split].name = self.name
+            if info.get("gt", None):  # ground truth for evaluation (captioning reads dataset.gt_path)
+                datasets[split].gt_path = resolve_storage(info.gt)
         return datasets
 
 
