@@ -141,3 +141,18 @@ def test_split_by_node_then_worker(demo_dir, monkeypatch):
         per_rank.append([i for b in _loader(ds) for i in b["instance_id"]])
     assert per_rank[0] and per_rank[1] and not set(per_rank[0]) & set(per_rank[1])
     assert len(per_rank[0]) + len(per_rank[1]) == N - 16
+
+
+def test_shuffle_order_changes_per_epoch_and_follows_torch_seed(demo_dir):
+    ds = _build("wds_instruction", {"train": str(demo_dir / "shards" / "train-{000000..000001}.tar")},
+                shuffle_buffer=40)["train"]
+    loader = _loader(ds)
+    def epoch():
+        return [i for b in loader for i in b["instance_id"]]
+    torch.manual_seed(0)
+    first = epoch()
+    second = epoch()
+    torch.manual_seed(0)
+    again = epoch()
+    assert sorted(first) == sorted(second) and first != second
+    assert again == first

@@ -71,9 +71,12 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             stages = [wds.SimpleShardList(self.urls), wds.split_by_node, wds.split_by_worker]
         stages.append(wds.tarfile_to_samples(handler=self._handler))
         if self.shuffle_buffer > 1:
+            # DataLoader workers get a fresh torch seed per epoch (drawn from the main process RNG),
+            # so the order changes each epoch and stays reproducible under torch.manual_seed;
+            # _epoch varies it when there are no workers.
             self._epoch += 1
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer),
-                                      seed=self.seed + self._epoch + 1000 * _worker_id()))
+            seed = hash((self.seed, torch.initial_seed(), self._epoch, _worker_id())) % (2**63)
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), seed=seed))
         stages.append(wds.map(self._to_sample_checked, handler=self._handler))
         return wds.DataPipeline(*stages)
 
