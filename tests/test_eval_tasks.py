@@ -21,7 +21,7 @@ from lavis_lite.tasks.vqa import VQATask, clean_answer
 
 
 def make_cfg(**run):
-    return SimpleNamespace(run_cfg=OmegaConf.create({"progress": False, **run}))
+    return SimpleNamespace(run_cfg=OmegaConf.create({"progress_bar": False, **run}))
 
 
 class ScriptedModel(torch.nn.Module):
@@ -304,8 +304,18 @@ WORKER = textwrap.dedent('''
     task = VQATask.setup_task(make_cfg())
     records = task.evaluation(ScriptedModel(answers), loader)
     metrics = task.after_evaluation(records, "val", epoch=0)
+    # A scoring failure on rank 0 (a prediction without annotation) reaches every rank instead of a hang.
+    records.append({"question_id": 999, "answer": "yes", "instance_id": "x"})
+    try:
+        task.after_evaluation(records, "bad", epoch=0)
+        error = None
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
     rank = dist_utils.get_rank()
-    json.dump({"n_local": len(records), "metrics": metrics}, open(os.path.join(out, f"rank{rank}.json"), "w"))
+    json.dump({"n_local": len(records) - 1, "metrics": metrics, "error": error},
+              open(os.path.join(out, f"rank{rank}.json"), "w"))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 ''')
 
 
@@ -331,3 +341,4 @@ def test_two_process_evaluation_merges_without_loss_or_duplication(tmp_path):
     assert sorted(r["question_id"] for r in merged) == [100 + i for i in range(n)]
     for r in ranks:  # every rank got rank 0's metrics
         assert r["metrics"]["n"] == n and r["metrics"]["overall"] == pytest.approx(round(100 * 4 / 7, 2))
+    assert "999" in ranks[0]["error"] and "999" in ranks[1]["error"] and "rank 0" in ranks[1]["error"]

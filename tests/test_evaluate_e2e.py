@@ -52,7 +52,6 @@ run:
   num_workers: 0
   amp: false
   progress_bar: false
-  progress: false
   train_splits: [train]
   valid_splits: [val]
   test_splits: [test]
@@ -68,7 +67,7 @@ def _script(name):
 
 
 def _evaluate(yaml_name, out_dir, ckpt, job_id, extra=()):
-    options = [f"model.checkpoint={ckpt}", f"run.output_dir={out_dir}", "run.progress=false", *extra]
+    options = [f"model.checkpoint={ckpt}", f"run.output_dir={out_dir}", "run.progress_bar=false", *extra]
     metrics = _script("evaluate").main(["--cfg-path", os.path.join(PROJECT, yaml_name), "--job-id", job_id,
                                         "--options", *options])
     result_dir = os.path.join(out_dir, job_id, "result")

@@ -8,7 +8,7 @@ same metrics dict (with ``agg_metrics``) back on every rank.
 
 Generation options come from ``run:`` in the YAML: ``prompt``, ``num_beams``, ``max_new_tokens``
 (alias ``max_len``), ``min_length`` (alias ``min_len``), ``repetition_penalty``, ``temperature``,
-``top_p``, ``do_sample``; ``progress: false`` hides the progress bar.
+``top_p``, ``do_sample``; ``progress_bar: false`` hides the progress bar (as for training).
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class GenerativeEvalTask(BaseTask):
             value = run_option(cfg, key)
             if value is not None:
                 self.generate_kwargs[arg] = value
-        self.progress = bool(run_option(cfg, "progress", True))
+        self.progress = bool(run_option(cfg, "progress_bar", True))  # the runner's switch for training too
         self.eval_dataset = None
 
     # ---- hooks for subclasses -------------------------------------------------------------------
@@ -147,23 +147,34 @@ class GenerativeEvalTask(BaseTask):
         result_dir = self.result_dir()
         merged_file = self.save_result(val_result, result_dir, f"{split_name}_{self.result_name}",
                                        remove_duplicate=self.id_key)
-        metrics = None
+        outcome = None
         if dist_utils.is_main_process():
-            with open(merged_file) as f:
-                records = json.load(f)
-            metrics = self.compute_metrics(records, split_name)
-            if "agg_metrics" not in metrics:
-                raise KeyError(f"{type(self).__name__}.compute_metrics must return 'agg_metrics'")
-            path = os.path.join(result_dir, f"{split_name}_metrics.json")
-            with open(path, "w") as f:
-                json.dump({"split": split_name, "epoch": epoch, "n_records": len(records), **metrics}, f, indent=2)
-            logger.info("%s metrics (%d records) -> %s\n%s", split_name, len(records), path,
-                        json.dumps(metrics, indent=2))
-            self._write_metrics(metrics, split_name, epoch)
-        return broadcast_object(metrics)
+            try:
+                outcome = self._score_merged(merged_file, result_dir, split_name, epoch)
+            except Exception as err:  # the other ranks wait in the broadcast: tell them, then raise
+                broadcast_object(("error", f"{type(err).__name__}: {err}"))
+                raise
+        kind, value = broadcast_object(("ok", outcome)) if dist_utils.is_main_process() else broadcast_object(None)
+        if kind == "error":
+            raise RuntimeError(f"scoring split {split_name!r} failed on rank 0: {value}")
+        return value
+
+    def _score_merged(self, merged_file, result_dir, split_name, epoch) -> dict:
+        with open(merged_file) as f:
+            records = json.load(f)
+        metrics = self.compute_metrics(records, split_name)
+        if "agg_metrics" not in metrics:
+            raise KeyError(f"{type(self).__name__}.compute_metrics must return 'agg_metrics'")
+        path = os.path.join(result_dir, f"{split_name}_metrics.json")
+        with open(path, "w") as f:
+            json.dump({"split": split_name, "epoch": epoch, "n_records": len(records), **metrics}, f, indent=2)
+        logger.info("%s metrics (%d records) -> %s\n%s", split_name, len(records), path, json.dumps(metrics, indent=2))
+        self._write_metrics(metrics, split_name, epoch)
+        return metrics
 
 
 def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (every rank must call)."""
     if not dist_utils.is_dist_avail_and_initialized():
         return obj
     box = [obj]
