@@ -147,6 +147,7 @@ def test_caption_eval(tmp_path, img_dir):
     assert set(batch) == {"image", "image_id", "instance_id"}
     assert batch["image_id"] == [391895, 42] and batch["instance_id"] == ["0", "1"]
     assert ds.gt_path == "/somewhere/val_gt.json"
+    assert [a["caption"] for a in ds.annotation] == [["a", "b"], ["x"]]
 
 
 def test_vqa_train_and_eval(tmp_path, img_dir):

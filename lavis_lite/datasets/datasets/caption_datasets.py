@@ -3,7 +3,8 @@
 Train records ``{"image", "caption", "image_id"?}`` (one per caption) -> ``{"image", "text_input",
 "image_id"}`` with ``image_id`` an int per distinct image (two captions of one image share it).
 Eval records ``{"image", "image_id"?, "caption"?: [..]}`` (one per image) -> ``{"image", "image_id",
-"instance_id"}``; the ground truth stays in the annotation / ``gt_path`` file.
+"instance_id"}``; the ground truth stays in the annotation / ``gt_path`` file (the parsed records in
+``dataset.annotation`` keep their ``caption`` list for retrieval).
 """
 from __future__ import annotations
 
@@ -67,6 +68,12 @@ class CaptionEvalDataset(BaseDataset):
         if not isinstance(image_id, (int, str)):
             raise TypeError(f"'image_id' must be an int or string, got {type(image_id).__name__}")
         out = {"image": image, "image_id": image_id}
+        if "caption" in record:  # kept for tasks that need the texts (retrieval); not yielded per sample
+            caps = record["caption"]
+            caps = [caps] if isinstance(caps, str) else caps
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                raise TypeError(f"'caption' must be a string or a list of strings, got {record['caption']!r}")
+            out["caption"] = caps
         if "instance_id" in record:
             out["instance_id"] = record["instance_id"]
         return out
