@@ -52,13 +52,13 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("webui")
     cfg = root / "tiny.yaml"
     cfg.write_text(TINY_MODEL_YAML)
-    model, image_processor, _ = load_model_from_cfg(str(cfg))
+    model, image_processor, model_cfg = load_model_from_cfg(str(cfg))
     _talkative(model)
     image = root / "red.png"
     arr = np.zeros((48, 48, 3), np.uint8)
     arr[8:40, 8:40] = (220, 30, 30)
     Image.fromarray(arr).save(image)
-    return model, image_processor, str(image)
+    return model, image_processor, str(image), model_cfg
 
 
 def _snapshots(updates):
@@ -82,7 +82,7 @@ def test_respond_streams_growing_answer_and_keeps_history(tiny):
     from lavis_lite.inference_utils import GenerationSettings
     from lavis_lite.webui import WebChat
 
-    model, image_processor, image = tiny
+    model, image_processor, image, model_cfg = tiny
     settings = GenerationSettings(max_new_tokens=8, min_length=8)
     expected = _expected_answer(model, image_processor, image, settings)
     web = WebChat(model, image_processor, settings)
@@ -112,10 +112,44 @@ def test_respond_streams_growing_answer_and_keeps_history(tiny):
     assert updates[-1][1][-1]["content"].startswith("error: num_beams=0")
 
 
+def test_webui_binds_localhost_by_default():
+    from lavis_lite.webui import build_parser
+
+    args = build_parser().parse_args(["--cfg-path", "x.yaml"])
+    assert args.host == "127.0.0.1" and args.port == 7860
+
+
+def _start_webui(folder, port, settings):
+    """``python -m lavis_lite.webui`` as a user starts it; returns the process once /config answers."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               PYTHONUNBUFFERED="1")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    conf = [f"{k}={v}" for k, v in settings.as_kwargs().items()]
+    proc = subprocess.Popen([sys.executable, "-m", "lavis_lite.webui", "--cfg-path", str(folder),
+                             "--port", str(port), "--conf", *conf],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as resp:
+                return proc, json.loads(resp.read())
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError(f"web demo did not come up: {proc.stdout.read()[-3000:]}")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                     reason="Chromium / chromedriver not installed (run run_scripts/install_browser.sh)")
-def test_webui_in_headless_chromium(tiny, tmp_path):
+def test_webui_process_in_headless_chromium(tiny, tmp_path):
+    """Upload an image, ask, wait for the streamed answer in a real browser, clear."""
     pytest.importorskip("gradio")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
@@ -124,27 +158,32 @@ def test_webui_in_headless_chromium(tiny, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     from lavis_lite.inference_utils import GenerationSettings
-    from lavis_lite.webui import build_demo
+    from lavis_lite.tools.export import export_model
 
-    model, image_processor, image = tiny
+    model, image_processor, image, model_cfg = tiny
     settings = GenerationSettings(max_new_tokens=6, min_length=6)
     expected = _norm(_expected_answer(model, image_processor, image, settings))
     assert expected, "tiny model produced an empty answer; the browser check would be vacuous"
+    folder = tmp_path / "export"
+    export_model(model, model_cfg, str(folder))  # the server process gets these weights
 
-    demo = build_demo(model, image_processor, settings)
     port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                        share=False, quiet=True)
+    proc, config = _start_webui(folder, port, settings)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = None
     try:
+        assert config.get("title") == "lavis_lite chat"
+        ids = {c.get("props", {}).get("elem_id") for c in config.get("components", [])}
+        assert {"images", "chatbot", "question", "send", "temperature", "top_p", "num_beams",
+                "max_new_tokens", "clear"} <= ids
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
         driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, 60)
+        wait = WebDriverWait(driver, 90)
         upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#images input[type=file]"))
         upload.send_keys(image)
         # the file list shows the name once the upload finished (split over elements: "red" ".png")
@@ -160,50 +199,7 @@ def test_webui_in_headless_chromium(tiny, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#clear").click()
         wait.until(lambda d: QUESTION not in chat(d))
     finally:
-        driver.quit()
-        demo.close()
-
-
-def test_webui_binds_localhost_by_default():
-    from lavis_lite.webui import build_parser
-
-    args = build_parser().parse_args(["--cfg-path", "x.yaml"])
-    assert args.host == "127.0.0.1" and args.port == 7860
-
-
-@pytest.mark.slow
-def test_webui_process_serves_page(tmp_path):
-    """``python -m lavis_lite.webui`` as a user starts it: the page answers on 127.0.0.1."""
-    import json
-    import subprocess
-    import sys
-    import urllib.request
-
-    pytest.importorskip("gradio")
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(TINY_MODEL_YAML)
-    port = _free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONUNBUFFERED="1")
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen([sys.executable, "-m", "lavis_lite.webui", "--cfg-path", str(cfg), "--port", str(port)],
-                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        import time
-
-        deadline, config = time.monotonic() + 240, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as resp:
-                    config = json.loads(resp.read())
-                break
-            except OSError:
-                time.sleep(1)
-        assert config is not None, f"web demo did not come up: {proc.stdout.read() if proc.poll() is not None else ''}"
-        assert config.get("title") == "lavis_lite chat"
-        ids = {c.get("props", {}).get("elem_id") for c in config.get("components", [])}
-        assert {"images", "chatbot", "question", "temperature", "top_p", "num_beams", "max_new_tokens",
-                "clear"} <= ids
-    finally:
+        if driver is not None:
+            driver.quit()
         proc.terminate()
         proc.wait(timeout=30)
