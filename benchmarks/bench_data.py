@@ -31,6 +31,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
     p.add_argument("--no-cache", action="store_true", help="skip the feature-cache loader")
     p.add_argument("--feature-shape", default="32,768", help="cached feature shape per image (Q-Former output)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the main process (workers use 1); more threads spin against each "
+                        "other on a shared machine")
     return p.parse_args(argv)
 
 
@@ -40,7 +43,7 @@ def images_per_second(dataset, batch_size: int, workers: int, seconds: float) ->
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                         collate_fn=dataset.collater, persistent_workers=False, drop_last=False)
-    n_images, start, it = 0, None, None
+    n_images, start, it, cpu = 0, None, None, None
     while True:
         it = iter(loader) if it is None else it
         try:
@@ -49,19 +52,22 @@ def images_per_second(dataset, batch_size: int, workers: int, seconds: float) ->
             it = None
             continue
         if start is None:  # the first batch pays for starting workers: not counted
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             continue
         n_images += int(sum(batch["n_images"]))
         if time.perf_counter() - start >= seconds:
             break
     del it
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return n_images / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    # CPU time of this process only: meaningful with 0 workers (with workers the work is elsewhere)
+    return n_images / wall, (n_images / cpu if workers == 0 and cpu > 0 else None)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
+
+    torch.set_num_threads(args.threads)
 
     from lavis_lite.common.feature_cache import FeatureCache, attach_feature_cache, dataset_image_paths
     from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
@@ -99,12 +105,21 @@ def main(argv=None) -> dict:
         for w in workers:
             figures[f"cached_features_per_s_workers_{w}"] = []
 
+    if 0 in workers:
+        figures["images_per_cpu_s"] = []
+        if cached is not None:
+            figures["cached_features_per_cpu_s"] = []
     for _ in range(args.repeats):
         for w in workers:
-            figures[f"images_per_s_workers_{w}"].append(images_per_second(dataset, args.batch_size, w, args.seconds))
+            wall, cpu = images_per_second(dataset, args.batch_size, w, args.seconds)
+            figures[f"images_per_s_workers_{w}"].append(wall)
+            if cpu is not None:
+                figures["images_per_cpu_s"].append(cpu)
             if cached is not None:
-                figures[f"cached_features_per_s_workers_{w}"].append(
-                    images_per_second(cached, args.batch_size, w, args.seconds))
+                wall, cpu = images_per_second(cached, args.batch_size, w, args.seconds)
+                figures[f"cached_features_per_s_workers_{w}"].append(wall)
+                if cpu is not None:
+                    figures["cached_features_per_cpu_s"].append(cpu)
     result = {k: round(median(v), 1) for k, v in figures.items()}
     result["runs"] = {k: [round(x, 1) for x in v] for k, v in figures.items()}
     config = {k: v for k, v in vars(args).items()}
