@@ -223,3 +223,28 @@ def test_broken_installed_distribution_names_itself(tmp_path):
     assert proc.returncode != 0
     assert "PluginImportError" in proc.stderr
     assert "'dummy'" in proc.stderr and "lavis-dummy-plugin" in proc.stderr and "plugin exploded" in proc.stderr
+
+
+@pytest.mark.slow
+def test_avsd_project_installs_as_a_distribution_with_an_entry_point(tmp_path):
+    """projects/avsd_dialogue builds as a wheel; unpacked on sys.path (= installed), its components
+    register at `import lavis_lite` through the entry point and its default YAMLs resolve inside it."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                           os.path.join(REPO, "projects", "avsd_dialogue"), "-w", str(tmp_path / "wheel")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    proc = _python(
+        "import lavis_lite\n"
+        "from lavis_lite.common.registry import registry\n"
+        "cls = registry.get_model_class('gpt_dialogue')\n"
+        "print('MODULE', cls.__module__, cls.default_config_path())\n"
+        "print('BUILDER', registry.get_builder_class('avsd_dialogue').default_config_path())\n",
+        str(site))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"MODULE avsd_plugin.model {site}/avsd_plugin/configs/models/gpt_dialogue_tiny.yaml" in proc.stdout
+    assert f"BUILDER {site}/avsd_plugin/configs/datasets/avsd_dialogue.yaml" in proc.stdout
