@@ -65,19 +65,20 @@ class VQATask(GenerativeEvalTask):
         self.always_normalize = bool(run_option(cfg, "vqa_always_normalize", False))
         self.clean_answers = bool(run_option(cfg, "clean_answers", True))
         self.annotation_files = dict(run_option(cfg, "vqa_annotation_files", {}) or {})
-        self.annotations: dict = {}
+        self.dataset_ann_paths: list[str] = []
 
     def prepare_references(self, dataset) -> None:
-        self.annotations = load_vqa_annotations([p for part in leaf_datasets(dataset)
-                                                 for p in getattr(part, "ann_paths", [])])
+        self.dataset_ann_paths = [p for part in leaf_datasets(dataset) for p in getattr(part, "ann_paths", [])]
 
     def references(self, split_name: str) -> dict:
+        """The human answers, read on rank 0 only when scoring."""
         path = self.annotation_files.get(split_name)
-        return load_vqa_annotations([path] if isinstance(path, str) else list(path)) if path else self.annotations
+        paths = ([path] if isinstance(path, str) else list(path)) if path else self.dataset_ann_paths
+        return load_vqa_annotations(paths)
 
     def valid_step(self, model, samples) -> list[dict]:
         questions = samples["text_input"]
-        answers = self.generate(model, samples, [self.prompt.format(q) for q in questions])
+        answers = self.generate(model, samples, [self.prompt.replace("{}", q) for q in questions])
         if self.clean_answers:
             answers = [clean_answer(a) for a in answers]
         inst = samples.get("instance_id", [None] * len(questions))
