@@ -188,6 +188,8 @@ def run_repl(session: ChatSession, read_line: Callable[[], str | None], out: Tex
         if cmd == "help":
             say(HELP_TEXT)
         elif cmd == "image":
+            if len(arg) >= 2 and arg[0] == arg[-1] and arg[0] in "'\"":
+                arg = arg[1:-1]  # a quoted path (drag-and-drop into a terminal quotes spaces)
             if not arg:
                 say("usage: :image PATH")
                 continue

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lavis_lite.chat import ChatSession, parse_command, run_repl
+from lavis_lite.chat import ChatSession, parse_command, run_repl, stdin_reader
 from lavis_lite.inference_utils import GenerationSettings, load_model_from_cfg
 
 TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
@@ -92,18 +92,19 @@ def test_repl_streams_answers_and_handles_commands(tiny):
     root, model, image_processor, _, paths = tiny
     session = ChatSession(model, image_processor, _settings())
     question, follow_up = "What colour is the square?", "And its shape?"
-    script = [f":image {root / 'missing.png'}", f":image {root / 'broken.jpg'}", f":image {paths[0]}",
+    script = [f":image {root / 'missing.png'}", f":image {root / 'broken.jpg'}", ":image", f":image '{paths[0]}'",
               question, follow_up, ":history", ":conf max_new_tokens=4 bogus", ":conf top_p=2",
               ":conf num_beams=2 max_new_tokens=5 min_length=5", ":nonsense", ":clear", ":history", question, ":quit",
               "never read"]
-    lines = iter(script)
     out = RecordingOut()
-    run_repl(session, lambda: next(lines) + "\n", out)
+    run_repl(session, stdin_reader(io.StringIO("\n".join(script) + "\n"), out), out)
     text = out.getvalue()
+    assert "never read" not in text and "you: " in text
 
     assert "error: Image" in text and "missing.png' does not exist" in text
     assert "broken.jpg' is not a readable image" in text
-    assert f"added image 1: {paths[0]}" in text and len(session.images) == 1
+    assert f"added image 1: {paths[0]}" in text and len(session.images) == 1  # quotes stripped
+    assert "usage: :image PATH" in text
 
     want1, hist1 = _reference_answer(model, image_processor, paths[:1], question, _settings())
     want2, _ = _reference_answer(model, image_processor, paths[:1], follow_up, _settings(), hist1)
@@ -155,25 +156,78 @@ def test_two_images_and_failed_generation_keep_the_session(tiny, monkeypatch):
     assert session.images == [] and session.n_unplaced == 0
 
 
+class PtySession:
+    """A child process on a pseudo-terminal, as a user's shell would run it."""
+
+    def __init__(self, argv, env, cwd):
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
+                                     close_fds=True)
+        os.close(slave)
+        self.buf = b""
+
+    def read_until(self, marker: bytes, count: int, timeout: float) -> None:
+        """Read until ``marker`` occurs ``count`` times in everything read so far."""
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.buf.count(marker) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {marker!r} x{count}; got:\n{self.text()[-3000:]}")
+            ready, _, _ = select.select([self.master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"process ended early:\n{self.text()[-3000:]}")
+                self.buf += chunk
+
+    def send(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def text(self) -> str:
+        return self.buf.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            os.close(self.master)
+
+
 @pytest.mark.slow
-def test_chat_process_through_stdin(tiny, tmp_path):
+def test_chat_process_on_a_terminal(tiny, tmp_path):
+    """``python -m lavis_lite.chat`` on a pseudo-terminal (input() with line editing), typing each
+    line after its prompt: image, bad path, question with streamed answer, :clear, :history."""
     from lavis_lite.tools.export import export_model
 
     _, model, image_processor, model_cfg, paths = tiny
     folder = tmp_path / "tiny_export"
-    export_model(model, model_cfg, str(folder))  # so the subprocess has the same weights
+    export_model(model, model_cfg, str(folder))  # so the child process has the same weights
     question = "What is in the picture?"
     want, _ = _reference_answer(model, image_processor, paths[:1], question, _settings())
-    stdin = "\n".join([":image /nonexistent/x.png", f":image {paths[0]}", question, ":clear", ":history",
-                       ":help", ":quit"]) + "\n"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "lavis_lite.chat", "--cfg-path", str(folder),
-                           "--conf", "max_new_tokens=8", "min_length=8"],
-                          input=stdin, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TERM="dumb")
+    session = PtySession([sys.executable, "-m", "lavis_lite.chat", "--cfg-path", str(folder),
+                          "--conf", "max_new_tokens=8", "min_length=8"], env, REPO)
+    try:
+        lines = [":image /nonexistent/x.png", f":image {paths[0]}", question, ":clear", ":history", ":help"]
+        for n, line in enumerate(lines, 1):
+            session.read_until(b"you: ", n, timeout=240)
+            session.send(line)
+        session.read_until(b"you: ", len(lines) + 1, timeout=120)
+        session.send(":quit")
+        assert session.close() == 0
+    finally:
+        if session.proc.poll() is None:
+            session.proc.kill()
+    out = session.text()
     assert "error: Image '/nonexistent/x.png' does not exist" in out
     assert f"added image 1: {paths[0]}" in out
-    assert f"model: {want}" in out
+    assert f"model: {want}\n" in out
     assert "cleared conversation (1 image(s) kept)" in out and "(no conversation yet)" in out
     assert out.count(":image PATH") == 2  # banner + :help
