@@ -5,7 +5,6 @@ Covers the run-YAML ``imports:`` list (files, package directories, dotted module
 entry-point table and a real test-installed distribution), plugin-relative default YAML
 paths and import errors that name the plugin.
 """
-import argparse
 import importlib.metadata
 import os
 import subprocess
@@ -147,18 +146,28 @@ def test_yaml_import_error_surfaces_from_config(tmp_path):
         Config.from_file(str(cfg_path))
 
 
-def test_import_flag_helpers(tmp_path, cleanup_names, monkeypatch):
-    cleanup_names.append(("model", "plugin_test_flag_model"))
-    write(tmp_path / "flag_plugin.py", plugin_model_source("plugin_test_flag_model"))
-    parser = argparse.ArgumentParser()
-    plugins.add_import_argument(parser)
-    args = parser.parse_args(["--import", "flag_plugin.py", "--import", "json"])
+def test_import_flag_of_train_and_evaluate(tmp_path, cleanup_names, monkeypatch):
+    """``--import`` (repeatable, relative to the working directory) loads plugins before the config
+    is read, so a run YAML without ``imports:`` can name the plugin's model."""
+    from lavis_lite.runners.launch import load_config, parse_args
+
+    name = "plugin_test_flag_model"
+    cleanup_names.append(("model", name))
+    write(tmp_path / "flag_plugin.py", plugin_model_source(name))
+    write(tmp_path / "my_configs" / f"{name}.yaml", "model:\n  width: 3\n")
+    cfg_path = write(tmp_path / "run.yaml", f"""
+        model: {{arch: {name}}}
+        run: {{task: instruction_tuning, init_lr: 1.0e-3, batch_size_train: 2, train_splits: [train],
+              max_epoch: 1}}
+        """)
+    args = parse_args(["--cfg-path", str(cfg_path), "--import", "flag_plugin.py", "--import", "json"])
     assert args.imports == ["flag_plugin.py", "json"]
-    monkeypatch.chdir(tmp_path)  # --import paths are relative to the working directory
-    modules = plugins.import_from_args(args)
-    assert [m.__name__ for m in modules][1] == "json"
-    assert registry.get_model_class("plugin_test_flag_model").__name__ == "PluginModel"
-    assert parser.parse_args([]).imports == []
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(args)
+    assert cfg.model_cfg.width == 3 and registry.get_model_class(name).__name__ == "PluginModel"
+    bad = parse_args(["--cfg-path", str(cfg_path), "--import", "./not_there.py"])
+    with pytest.raises(PluginImportError, match="not_there.py"):
+        load_config(bad)
 
 
 class _FakeEntryPoint:

@@ -3,7 +3,8 @@
 Three ways, all ending in an import that runs the user's ``@registry.register_*``:
 - a run YAML ``imports: [my_pkg.my_module, ./path/to/file.py, ./path/to/package_dir]``
   (relative paths are relative to the YAML file, then to the working directory);
-- ``--import`` on train.py / evaluate.py (relative to the working directory);
+- ``--import`` on train.py / evaluate.py (``lavis_lite.runners.launch``; relative to the
+  working directory);
 - the ``lavis_lite.plugins`` entry-point group of installed distributions, loaded at
   ``import lavis_lite``.
 
@@ -14,7 +15,6 @@ is imported under a name derived from its path. Every failure raises
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import importlib.metadata
@@ -107,19 +107,6 @@ def import_plugins(specs: Iterable[str] | None, base_dir: str | None = None) -> 
     if isinstance(specs, str):
         specs = [specs]
     return [import_plugin(str(s), base_dir=base_dir) for s in (specs or [])]
-
-
-# ---- command line ---------------------------------------------------------------
-def add_import_argument(parser: argparse.ArgumentParser) -> None:
-    """``--import MODULE_OR_PATH`` (repeatable) for train.py / evaluate.py."""
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_PATH",
-                        help="import a plugin (dotted module, .py file or package dir) before the config is "
-                             "read; repeatable")
-
-
-def import_from_args(args: argparse.Namespace) -> list:
-    """Import the ``--import`` plugins (relative paths: the working directory)."""
-    return import_plugins(getattr(args, "imports", None) or [], base_dir=os.getcwd())
 
 
 # ---- installed distributions ----------------------------------------------------
