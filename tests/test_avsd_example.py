@@ -155,6 +155,8 @@ def test_dialogue_processor_segments_types_and_labels(procs):
     cut = GPTDialogueProcessor(max_length=20)(ANN)
     assert len(cut["input_ids"]) == 20 and cut["input_ids"][0] == ids["<bos>"]
     assert cut["labels"][cut["labels"] != IGNORE_INDEX].tolist() == answer_ids
+    with pytest.raises(ValueError, match="max_length 12 cannot hold"):
+        GPTDialogueProcessor(max_length=12)(ANN)  # <bos> + question (7) + answer (8) > 12
 
 
 def test_datasets_expand_turns_and_check_records(data, procs, tmp_path):
@@ -240,6 +242,10 @@ def test_model_losses(model, data, procs):
     bad = dict(batch, video_fts=batch["video_fts"][..., :10])
     with pytest.raises(ValueError, match="video_feature_dim"):
         model(bad)
+    long = dict(batch, video_fts=batch["video_fts"].repeat(1, 80, 1), video_mask=batch["video_mask"].repeat(1, 80),
+                video_token_type_ids=batch["video_token_type_ids"].repeat(1, 80))
+    with pytest.raises(ValueError, match="n_positions"):
+        model(long)
 
 
 def test_generation_continues_the_training_sequence(model, data, procs):

@@ -88,6 +88,10 @@ class GPTDialogue(BaseModel):
         embeds = torch.cat([self.video_proj(video_fts), self.lm.transformer.wte(ids)], dim=1)
         types = torch.cat([samples["video_token_type_ids"], samples[types_key]], dim=1).to(self.device)
         mask = torch.cat([samples["video_mask"], samples[mask_key]], dim=1).to(self.device)
+        longest = int(mask.sum(1).max())
+        if longest > self.lm.config.n_positions:
+            raise ValueError(f"a sample has {longest} positions (frames + tokens) but model.n_positions is "
+                             f"{self.lm.config.n_positions}; lower the processors' max_frames / max_length")
         return embeds, types, mask
 
     # ---- training -----------------------------------------------------------
@@ -128,6 +132,10 @@ class GPTDialogue(BaseModel):
                  do_sample: bool = False) -> list[str]:
         """Answer the last question of each sample (from ``prompt_ids``, left-padded)."""
         embeds, types, mask = self._joint_inputs(samples, "prompt_ids", "prompt_token_type_ids", "prompt_mask")
+        room = self.lm.config.n_positions - int(mask.sum(1).max())
+        if max_new_tokens > room:
+            raise ValueError(f"max_new_tokens={max_new_tokens} does not fit: the longest prompt leaves {room} of "
+                             f"model.n_positions={self.lm.config.n_positions} positions")
         kwargs = dict(top_p=top_p, temperature=temperature) if do_sample else {}
         out = self.lm.generate(
             inputs_embeds=embeds, attention_mask=mask, token_type_ids=types,

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from lavis_lite.common.registry import registry
 from lavis_lite.processors.base_processor import BaseProcessor
 
-from .tokenizer import BOS, CAPTION, EOS, SPEAKER1, SPEAKER2, VIDEO, load_dialogue_tokenizer, special_token_ids
+from .tokenizer import BOS, CAPTION, EOS, PAD, SPEAKER1, SPEAKER2, VIDEO, load_dialogue_tokenizer, special_token_ids
 
 IGNORE_INDEX = -100
 
@@ -144,9 +144,10 @@ class GPTDialogueProcessor(BaseProcessor):
         if self.max_length and len(input_ids) > self.max_length:
             # Drop the oldest context (after <bos>) and keep the question and answer.
             cut = len(input_ids) - self.max_length
-            if cut >= prompt_length - 1:
-                raise ValueError(f"max_length {self.max_length} cannot hold the answer of this turn "
-                                 f"({len(segs[-1][1])} tokens) and its question")
+            question_start = len(input_ids) - (len(segs[-1][1]) + 1) - (len(segs[-2][1]) + 1)
+            if 1 + cut > question_start:
+                raise ValueError(f"max_length {self.max_length} cannot hold <bos>, the question and the answer "
+                                 f"of this turn ({len(input_ids) - question_start + 1} tokens)")
             keep = [0] + list(range(1 + cut, len(input_ids)))
             input_ids, types, labels = ([x[i] for i in keep] for x in (input_ids, types, labels))
             prompt_length -= cut
@@ -154,7 +155,7 @@ class GPTDialogueProcessor(BaseProcessor):
                 "labels": torch.tensor(labels), "prompt_length": prompt_length}
 
     def padding(self, seqs: list[torch.Tensor], value: int | None = None, side: str = "right") -> torch.Tensor:
-        return pad_sequences(seqs, self.ids["<pad>"] if value is None else value, side)
+        return pad_sequences(seqs, self.ids[PAD] if value is None else value, side)
 
     @staticmethod
     def get_attention_mask(lengths: list[int], side: str = "right") -> torch.Tensor:
