@@ -140,3 +140,59 @@ def test_preprocess_caches_encoded_records_and_pads_to_longest(monkeypatch):
     pre(changed, [1, 1])
     # the cache is per record: only the changed record is tokenised again, the unchanged one is not
     assert "a red circle" in calls[-1] and " What colour?" not in calls[-1] and "red" not in calls[-1]
+
+
+def test_runner_length_grouped_sampler_switch(tmp_path):
+    """run.length_grouped_sampler: the training stream draws batches of similar estimated length and
+    still covers the data set once per epoch."""
+    from lavis_lite.datasets import demo
+    from lavis_lite.datasets.samplers import LengthGroupedSampler
+    from lavis_lite.runners.launch import build_job
+
+    demo.generate(str(tmp_path / "demo"), n=120, seed=0, size=32, n_shards=1)
+    run_yaml = tmp_path / "run.yaml"
+    body = f"""
+model: {{arch: minigpt4qwen, model_type: tiny}}
+datasets:
+  instruction:
+    build_info:
+      annotations: {{train: {{storage: {tmp_path}/demo/llava/train.json}}}}
+      images: {{storage: {tmp_path}/demo/images}}
+    vis_processor:
+      train: {{name: blip2_image_eval, image_size: 32}}
+      eval: {{name: blip2_image_eval, image_size: 32}}
+run:
+  task: instruction_tuning
+  device: cpu
+  init_lr: 1.0e-3
+  max_epoch: 1
+  batch_size_train: 4
+  train_splits: [train]
+  output_dir: {tmp_path}/out
+  length_grouped_sampler: LGS
+"""
+    spreads = {}
+    for flag in (True, False):
+        run_yaml.write_text(body.replace("LGS", str(flag)))
+        _, _, runner = build_job(["--cfg-path", str(run_yaml), "--job-id", f"lgs{flag}"])
+        source = runner.train_stream.sources[0]
+        assert isinstance(source._loader().sampler, LengthGroupedSampler) == flag
+        assert (runner._sample_lengths(source.dataset) is not None) == flag
+        estimates = estimate_lengths(source.dataset.annotation, num_query_token=8)
+        lengths = {a["instance_id"]: n for a, n in zip(source.dataset.annotation, estimates)}
+        seen, spread = [], 0
+        for _ in range(len(source)):
+            batch = source.next_batch()
+            batch_lengths = [lengths[i] for i in batch["instance_id"]]
+            spread += max(batch_lengths) - min(batch_lengths)
+            seen += batch["instance_id"]
+        assert len(set(seen)) == len(seen) == len(source) * 4  # no repeats within the epoch
+        spreads[flag] = spread
+    assert spreads[True] < 0.5 * spreads[False]
+
+
+def test_estimate_lengths_other_record_kinds():
+    caption = estimate_lengths([{"image": "a.png", "caption": "x" * 40}], num_query_token=32)
+    assert caption == [10 + 5 + 32]
+    vqa = estimate_lengths([{"image": "a.png", "question": "q" * 8, "answer": ["a" * 8, "b" * 100]}], 32)
+    assert vqa == [4 + 10 + 32]

@@ -17,21 +17,38 @@ from torch.utils.data import Sampler
 from lavis_lite.common.dist_utils import get_rank, get_world_size
 
 
+def _record_text(rec: dict):
+    """(characters of text, number of turns) of an instruction / caption / VQA record, or None."""
+    if "conversations" in rec:
+        turns = rec["conversations"]
+        return sum(len(t.get("value", "")) for t in turns), len(turns)
+    parts = []
+    for key in ("caption", "text_input", "question", "answer", "answers", "instruction", "output"):
+        value = rec.get(key)
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            parts.extend(v for v in value[:1] if isinstance(v, str))  # one caption / answer is what trains
+    return (sum(len(p) for p in parts), max(1, len(parts))) if parts else None
+
+
 def estimate_lengths(annotation: list[dict], num_query_token: int = 32, chars_per_token: float = 4.0,
                      per_turn_overhead: int = 5) -> list[int]:
-    """Cheap token-length estimate of instruction records (no tokenizer needed).
+    """Cheap token-length estimate of records (no tokenizer needed).
 
-    Uses ``conversations`` (list of {"value"}) and ``images`` (list) of each record: text characters
-    / ``chars_per_token`` + a ChatML header per turn + ``num_query_token`` per image.
+    Text characters (``conversations`` turns, or caption / question / answer fields) / ``chars_per_token``
+    + a ChatML header per turn + ``num_query_token`` per image (``images`` list or ``image`` path).
     """
     lengths = []
     for i, rec in enumerate(annotation):
-        if "conversations" not in rec:
-            raise KeyError(f"record {i} has no 'conversations'; cannot estimate its length")
-        turns = rec["conversations"]
-        chars = sum(len(t.get("value", "")) for t in turns)
-        n_images = len(rec.get("images") or [])
-        lengths.append(max(1, math.ceil(chars / chars_per_token) + per_turn_overhead * len(turns)
+        text = _record_text(rec)
+        if text is None:
+            raise KeyError(f"record {i} has no 'conversations', caption or question/answer text; "
+                           "cannot estimate its length")
+        chars, turns = text
+        images = rec.get("images", rec.get("image"))
+        n_images = len(images) if isinstance(images, list) else int(images is not None)
+        lengths.append(max(1, math.ceil(chars / chars_per_token) + per_turn_overhead * turns
                            + num_query_token * n_images))
     return lengths
 

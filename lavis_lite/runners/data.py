@@ -41,8 +41,9 @@ class BatchSource:
     """One training dataset as an endless batch stream with position ``(epoch, offset)``."""
 
     def __init__(self, dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 42,
-                 pin_memory: bool = False, name: str = "train"):
+                 pin_memory: bool = False, name: str = "train", lengths: list[int] | None = None):
         self.dataset, self.batch_size, self.num_workers = dataset, int(batch_size), int(num_workers)
+        self.lengths = lengths  # given: batches of similar length (run.length_grouped_sampler)
         self.seed, self.pin_memory, self.name = int(seed), pin_memory, name
         self.iterable = isinstance(dataset, IterableDataset)
         self.epoch, self.offset, self._it = 0, 0, None
@@ -63,8 +64,13 @@ class BatchSource:
                       collate_fn=collate_fn_of(self.dataset), generator=gen, drop_last=True)
         if self.iterable:
             return DataLoader(self.dataset, **kwargs)
-        sampler = DistributedSampler(self.dataset, num_replicas=dist_utils.get_world_size(),
-                                     rank=dist_utils.get_rank(), shuffle=True, seed=self.seed, drop_last=True)
+        if self.lengths is not None:
+            from lavis_lite.datasets.samplers import LengthGroupedSampler
+            sampler = LengthGroupedSampler(self.lengths, self.batch_size, dist_utils.get_world_size(),
+                                           dist_utils.get_rank(), shuffle=True, seed=self.seed, drop_last=True)
+        else:
+            sampler = DistributedSampler(self.dataset, num_replicas=dist_utils.get_world_size(),
+                                         rank=dist_utils.get_rank(), shuffle=True, seed=self.seed, drop_last=True)
         sampler.set_epoch(self.epoch)
         skip = self.offset * self.batch_size
         return DataLoader(self.dataset, sampler=_SkipSampler(sampler, skip) if skip else sampler, **kwargs)

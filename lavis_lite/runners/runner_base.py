@@ -243,7 +243,8 @@ class RunnerBase:
                     if split in self.datasets[name]:
                         sources.append(BatchSource(
                             self.datasets[name][split], self.run_cfg.batch_size_train,
-                            int(self.run_cfg.get("num_workers", 0)), seed, self.device.type == "cuda", name=name))
+                            int(self.run_cfg.get("num_workers", 0)), seed, self.device.type == "cuda", name=name,
+                            lengths=self._sample_lengths(self.datasets[name][split])))
                         ratios.append(self.config.datasets_cfg.get(name, {}).get("sample_ratio", None))
             given = [r is not None for r in ratios]
             if any(given) and not all(given):
@@ -251,6 +252,13 @@ class RunnerBase:
                                  f"set on {[n for n, g in zip(names, given) if g]}")
             self._stream = TrainStream(sources, [float(r) for r in ratios] if all(given) else None, seed)
         return self._stream
+
+    def _sample_lengths(self, dataset):
+        """run.length_grouped_sampler: estimated token lengths of the records (datasets/samplers.py)."""
+        if not self.run_cfg.get("length_grouped_sampler", False) or not hasattr(dataset, "annotation"):
+            return None
+        from lavis_lite.datasets.samplers import estimate_lengths
+        return estimate_lengths(dataset.annotation, int(self.config.model_cfg.get("num_query_token", 32)))
 
     @property
     def steps_per_epoch(self) -> int:
