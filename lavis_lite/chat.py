@@ -16,6 +16,7 @@ import threading
 from typing import Callable, Iterator, TextIO
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from lavis_lite.inference_utils import GenerationSettings, ImageLoadError, load_image_tensor
 from lavis_lite.models.chatml import IMAGE_MARK
@@ -50,6 +51,7 @@ class StreamingReply:
         self.answer: str | None = None
         self.history: list[dict] | None = None
         self._error: BaseException | None = None
+        self.interrupted = False  # the reader stopped before the answer was complete
 
     def __iter__(self) -> Iterator[str]:
         if int(self.gen_kwargs.get("num_beams", 1)) > 1:
@@ -57,31 +59,48 @@ class StreamingReply:
                                                         **self.gen_kwargs)
             yield self.answer
             return
-        from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.model.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                         timeout=self.stream_timeout)
+        stop = StopSignal()
 
         def work():
             try:
-                self.answer, self.history = self.model.chat(self.images, self.question, self.history_in,
-                                                            streamer=streamer, **self.gen_kwargs)
+                self.answer, self.history = self.model.chat(
+                    self.images, self.question, self.history_in, streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([stop]), **self.gen_kwargs)
             except BaseException as err:  # re-raised in the caller's thread below
                 self._error = err
                 streamer.end()  # unblock the reader
 
         worker = threading.Thread(target=work, name="lavis-lite-generate", daemon=True)
         worker.start()
-        started = False
-        for piece in streamer:
-            if not started:  # the model strips its answer; so does the stream, at the start
-                piece = piece.lstrip()
-                started = bool(piece)
-            if piece:
-                yield piece
-        worker.join()
+        started = finished = False
+        try:
+            for piece in streamer:
+                if not started:  # the model strips its answer; so does the stream, at the start
+                    piece = piece.lstrip()
+                    started = bool(piece)
+                if piece:
+                    yield piece
+            finished = True
+        finally:  # also when the reader gives up early (Ctrl-C, closed browser tab): stop generating
+            if not finished:
+                stop.event.set()
+                self.interrupted = True
+            worker.join()
         if self._error is not None:
             raise self._error
+
+
+class StopSignal(StoppingCriteria):
+    """Ends generation at the next token once ``event`` is set (from the reading thread)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -222,6 +241,8 @@ def run_repl(session: ChatSession, read_line: Callable[[], str | None], out: Tex
                     out.write(piece)
                     out.flush()
                 say()
+            except KeyboardInterrupt:  # Ctrl-C stops this answer (not kept in the history), not the session
+                say(" [stopped]")
             except Exception as err:  # a failed generation should not end the session
                 say(f"\nerror: generation failed: {type(err).__name__}: {err}")
         else:
@@ -243,6 +264,9 @@ def stdin_reader(stream: TextIO, out: TextIO, prompt: str = "you: ") -> Callable
                 return input(prompt)
             except EOFError:
                 return None
+            except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, as in Python's REPL
+                out.write("\n")
+                return ""
         out.write(prompt)
         out.flush()
         line = stream.readline()

@@ -156,6 +156,38 @@ def test_two_images_and_failed_generation_keep_the_session(tiny, monkeypatch):
     assert session.images == [] and session.n_unplaced == 0
 
 
+def test_stopping_early_ends_generation_and_leaves_history(tiny):
+    """Ctrl-C in the CLI (or a closed browser tab) stops the worker thread's generation."""
+    _, model, image_processor, _, paths = tiny
+    long = GenerationSettings(max_new_tokens=300, min_length=300)
+    session = ChatSession(model, image_processor, long)
+    session.add_image(paths[0])
+    turn = session.ask("Describe it at length.")
+    pieces = iter(turn)
+    assert next(pieces)
+    pieces.close()  # the reader gives up after the first piece
+    assert turn.reply.interrupted
+    generated = len(model.tokenizer(turn.answer).input_ids)
+    assert 0 < generated < 100, f"generation ran on after the reader stopped ({generated} tokens)"
+    assert session.history == [] and session.n_unplaced == 1
+
+    class CtrlCOnFirstPiece(io.StringIO):
+        armed = False
+
+        def write(self, text):
+            if self.armed:
+                self.armed = False
+                raise KeyboardInterrupt
+            self.armed = text == "model: "
+            return super().write(text)
+
+    out = CtrlCOnFirstPiece()
+    lines = iter(["Describe it at length.", ":history", ":quit"])
+    run_repl(session, lambda: next(lines), out)
+    assert "model:  [stopped]\n" in out.getvalue()
+    assert "(no conversation yet)" in out.getvalue()  # the REPL went on; nothing kept
+
+
 class PtySession:
     """A child process on a pseudo-terminal, as a user's shell would run it."""
 

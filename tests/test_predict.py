@@ -1,6 +1,5 @@
 """Batch prediction: inputs, resumable JSONL output, corrupt images, batching, interruption."""
 import json
-import os
 
 import numpy as np
 import pytest
