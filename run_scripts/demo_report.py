@@ -1,0 +1,62 @@
+"""Print the CPU demo's outcome: accuracy per question type on the held-out split, a few questions
+with the model's answers, and each stage's time. Exit status 1 when colour or shape accuracy is
+below the target (90% exactly matched)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+
+TARGET = 90.0  # percent exactly matched, colour and shape questions
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--result-dir", required=True)
+    p.add_argument("--data", required=True, help="the demo data directory (for the questions' text)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--examples", type=int, default=8)
+    p.add_argument("--times", nargs="*", default=[], help="name=seconds")
+    args = p.parse_args(argv)
+
+    with open(os.path.join(args.result_dir, f"{args.split}_metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(args.result_dir, f"{args.split}_instruction_result.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(args.data, "instruction", f"{args.split}.json")) as f:
+        records = {r["id"]: r for r in json.load(f)}
+
+    print(f"\n=== held-out '{args.split}' split: {metrics['n']} questions ===")
+    print(f"{'question type':14s} {'n':>5s} {'exact %':>8s} {'contains %':>10s}")
+    for qt, m in sorted(metrics["per_question_type"].items()):
+        print(f"{qt:14s} {m['n']:5d} {m['exact_acc']:8.1f} {m['contains_acc']:10.1f}")
+    print(f"{'all':14s} {metrics['n']:5d} {metrics['exact_acc']:8.1f} {metrics['contains_acc']:10.1f}")
+
+    print("\n=== examples ===")
+    rng = random.Random(0)
+    for r in rng.sample(results, min(args.examples, len(results))):
+        rec = records.get(r["instance_id"], {})
+        question = str(rec.get("instruction", "?")).replace("<ImageHere>", "").strip()
+        image = rec.get("image", "?")
+        mark = "ok " if r["exact"] else "BAD"
+        print(f"[{mark}] {image}  Q: {question}  A: {r['prediction']!r}  (expected {r['reference']!r})")
+
+    if args.times:
+        print("\n=== time per stage ===")
+        total = 0
+        for item in args.times:
+            name, sec = item.split("=")
+            total += int(sec)
+            print(f"{name:8s} {int(sec):5d} s")
+        print(f"{'total':8s} {total:5d} s")
+
+    per_type = metrics["per_question_type"]
+    ok = all(per_type.get(qt, {}).get("exact_acc", 0.0) >= TARGET for qt in ("colour", "shape"))
+    print(f"\ncolour and shape >= {TARGET:.0f}% exactly matched: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
