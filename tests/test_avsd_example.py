@@ -248,12 +248,17 @@ def test_model_losses(model, data, procs):
         model(long)
 
 
-def test_generation_continues_the_training_sequence(model, data, procs):
+def test_generation_continues_the_training_sequence(data, procs):
     """Greedy generation's first token == argmax of the forward logits at the answer start,
     for every row of a batch with different video and prompt lengths (positions, token types
     and left padding agree between training and generation)."""
     root, paths = data
     vp, tp = procs
+    torch.manual_seed(0)
+    model = registry.get_model_class("gpt_dialogue").from_pretrained("tiny")
+    with torch.no_grad():  # large weights: positions and token types change the argmax
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
     ds = DialogueEvalDataset(vp, tp, os.path.join(root, "features"), [paths["val"]])
     batch = ds.collater([ds[i] for i in range(6)])
     assert len(set(batch["prompt_mask"].sum(1).tolist())) > 1 or len(set(batch["video_mask"].sum(1).tolist())) > 1
@@ -264,14 +269,18 @@ def test_generation_continues_the_training_sequence(model, data, procs):
         hidden = model.lm.transformer(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types,
                                       position_ids=positions_from_mask(mask)).last_hidden_state
         logits = model.lm.lm_head(hidden[:, batch["video_fts"].shape[1]:])
-        expected = [int(logits[i, ds[i]["prompt_length"] - 1].argmax()) for i in range(6)]
+        last = torch.stack([logits[i, ds[i]["prompt_length"] - 1] for i in range(6)])
+        expected = last.argmax(-1).tolist()
+        top2 = last.topk(2, dim=-1).values
+        decisive = (top2[:, 0] - top2[:, 1] > 1e-4).tolist()  # ignore float-level ties
         out = model.lm.generate(inputs_embeds=torch.cat([model.video_proj(batch["video_fts"]),
                                                          model.lm.transformer.wte(batch["prompt_ids"])], 1),
                                 attention_mask=torch.cat([batch["video_mask"], batch["prompt_mask"]], 1),
                                 token_type_ids=torch.cat([batch["video_token_type_ids"],
                                                           batch["prompt_token_type_ids"]], 1),
                                 max_new_tokens=1, do_sample=False, pad_token_id=model.ids["<pad>"])
-    assert out[:, 0].tolist() == expected
+    assert sum(decisive) >= 4
+    assert [g for g, d in zip(out[:, 0].tolist(), decisive) if d] == [e for e, d in zip(expected, decisive) if d]
     texts = model.generate(batch, num_beams=3, max_new_tokens=5)
     assert len(texts) == 6 and all(isinstance(t, str) for t in texts)
 
