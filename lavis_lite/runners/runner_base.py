@@ -202,7 +202,9 @@ class RunnerBase:
     def build_optimizer(self):
         beta2 = float(self.run_cfg.get("beta2", 0.999))
         groups = [g for g in self.optimizer_param_groups() if g["params"]]
-        return torch.optim.AdamW(groups, lr=float(self.run_cfg.init_lr), betas=(0.9, beta2))
+        # one fused kernel for all parameters on CUDA, multi-tensor (foreach) updates elsewhere
+        impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        return torch.optim.AdamW(groups, lr=float(self.run_cfg.init_lr), betas=(0.9, beta2), **impl)
 
     @property
     def scaler(self):
