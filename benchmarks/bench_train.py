@@ -7,12 +7,14 @@
         --batch-size 32 --modes naive,fast,fast_pack,fast_cache --steps 10 --repeats 2 [--lora] [--find-max-batch]
 
 Modes (``--modes``) are presets, or ``name:key=value,...`` with keys pad (max|longest),
-ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), joined by "+", e.g. ``mine:pad=max+ckpt=0``:
-  naive           = pad=max,ckpt=1,pack=0,cache=0  (the published recipe)
-  fast            = pad=longest,ckpt=0,pack=0,cache=0
-  fast_pack       = pad=longest,ckpt=0,pack=1,cache=0
-  fast_cache      = pad=longest,ckpt=0,pack=0,cache=1
-  fast_pack_cache = pad=longest,ckpt=0,pack=1,cache=1
+ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1), joined by "+", e.g. ``mine:pad=max+ckpt=0``:
+  naive            = pad=max,ckpt=1,pack=0,cache=0,group=0  (the published recipe)
+  fast             = pad=longest,ckpt=0,pack=0,cache=0,group=0
+  fast_group       = fast + length-grouped batches (run.length_grouped_sampler)
+  fast_pack        = fast + packing
+  fast_cache       = fast + frozen-feature cache
+  fast_group_cache = fast + length-grouped batches + cache
+  fast_pack_cache  = fast + packing + cache
 Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
 timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
 times; medians are reported. Prints one JSON line.
@@ -29,11 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median, synthetic_conversations, write_synthetic_photos  # noqa: E402
 
 PRESETS = {
-    "naive": {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0},
-    "fast": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0},
-    "fast_pack": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 0},
-    "fast_cache": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 1},
-    "fast_pack_cache": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 1},
+    "naive": {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0},
+    "fast": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0},
+    "fast_group": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 1},
+    "fast_pack": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 0, "group": 0},
+    "fast_cache": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 1, "group": 0},
+    "fast_group_cache": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 1, "group": 1},
+    "fast_pack_cache": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 1, "group": 0},
 }
 # Peak dense bf16 tensor FLOP/s, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -191,19 +195,34 @@ def build_disk_data(args, model, workdir):
     return dataset, attach_feature_cache(dataset, cache), time.perf_counter() - start
 
 
-def loader(dataset, args):
+def loader(dataset, args, group: bool = False, epoch: int = 0):
+    """The training DataLoader; ``group``: the project's LengthGroupedSampler on estimated lengths."""
     from torch.utils.data import DataLoader
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                      collate_fn=dataset.collater, drop_last=True, persistent_workers=args.workers > 0)
+
+    sampler = None
+    if group:
+        from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
+        lengths = estimate_lengths(dataset.annotation, num_query_token=32)
+        sampler = LengthGroupedSampler(lengths, args.batch_size, num_replicas=1, rank=0, seed=args.seed,
+                                       drop_last=True)
+        sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                      num_workers=args.workers, collate_fn=dataset.collater, drop_last=True,
+                      persistent_workers=args.workers > 0)
 
 
 class SyntheticBatches:
     """In-memory batches (GPU runs): random pixels, or random features of the frozen stage."""
 
-    def __init__(self, model, args, cached: bool):
+    def __init__(self, model, args, cached: bool, group: bool = False):
         import torch
         self.convs = synthetic_conversations(max(args.n_records, args.batch_size), seed=args.seed,
                                              max_words=args.max_words)
+        if group:  # the length-grouped sampler's order (one mega-batch here)
+            from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
+            lengths = estimate_lengths([{"conversations": c, "images": ["x"]} for c in self.convs])
+            order = list(LengthGroupedSampler(lengths, args.batch_size, 1, 0, seed=args.seed, drop_last=True))
+            self.convs = [self.convs[i] for i in order]
         self.batch_size, self.cached, self.model = args.batch_size, cached, model
         size = model.visual_encoder.patch_embed.img_size
         g = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -227,8 +246,10 @@ class SyntheticBatches:
 
 
 def endless(make_iterable):
+    epoch = 0
     while True:
-        yield from make_iterable()
+        yield from make_iterable(epoch)
+        epoch += 1
 
 
 # ---- measurement ---------------------------------------------------------------------------------
@@ -316,6 +337,12 @@ def llm_token_stats(model, args) -> dict:
             totals[k] = totals.get(k, 0) + v
     n = (len(lengths) // args.batch_size) * args.batch_size
     out = {k: round(v / n, 1) for k, v in totals.items() if k != "packed_rows"}
+    from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
+    est = estimate_lengths([{"conversations": c, "images": ["x"]} for c in convs], num_query_token=model.num_query_token)
+    order = list(LengthGroupedSampler(est, args.batch_size, 1, 0, seed=args.seed, drop_last=True))
+    grouped = [max(lengths[i] for i in order[s:s + args.batch_size]) * args.batch_size
+               for s in range(0, len(order), args.batch_size)]
+    out["pad_to_longest_grouped"] = round(sum(grouped) / len(order), 1)
     out["mean_seq_len"] = round(sum(lengths) / len(lengths), 1)
     out["mean_text_tokens"] = round(out["mean_seq_len"] - model.num_query_token, 1)
     return out
@@ -373,16 +400,18 @@ def main(argv=None) -> dict:
     cache_build_s = None
     if args.data == "disk":
         raw, cached, cache_build_s = build_disk_data(args, model, workdir.name)
-        sources = {0: endless(lambda: loader(raw, args)), 1: endless(lambda: loader(cached, args))}
+        sources = {(c, g): endless(lambda e, c=c, g=g: loader(cached if c else raw, args, bool(g), e))
+                   for c in (0, 1) for g in (0, 1)}
     else:
-        sources = {c: iter(SyntheticBatches(model, args, bool(c))) for c in {m["cache"] for m in modes.values()}}
+        sources = {(c, g): iter(SyntheticBatches(model, args, bool(c), bool(g)))
+                   for c, g in {(m["cache"], m["group"]) for m in modes.values()}}
 
     runs = {name: {"samples_per_s": [], "samples_per_cpu_s": [], "tokens_per_s": [], "peak_mem_mb": []}
             for name in modes}
     for _ in range(args.repeats):
         for name, mode in modes.items():
             configure(model, mode)
-            batches = sources[mode["cache"]]
+            batches = sources[(mode["cache"], mode["group"])]
             train_steps(model, optimizer, batches, args.warmup, args.device)
             reset_peak_memory(args.device)
             elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device)
@@ -408,7 +437,7 @@ def main(argv=None) -> dict:
                 figures[name]["samples_per_cpu_s"] / figures[base]["samples_per_cpu_s"], 2)
     if peak or args.device.startswith("cuda"):
         for name, mode in modes.items():
-            batch = next(sources[mode["cache"]])
+            batch = next(sources[(mode["cache"], mode["group"])])
             fps = flops_per_sample(model, batch, mode)
             figures[name]["flops_per_sample"] = fps
             if peak:
