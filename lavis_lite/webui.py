@@ -34,6 +34,19 @@ def _paths(files) -> list[str]:
     return [f if isinstance(f, str) else getattr(f, "path", None) or f.name for f in files]
 
 
+class WebSession(ChatSession):
+    """A browser session's conversation, plus the uploads already reported as unreadable."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rejected_paths: set[str] = set()
+
+    def clear(self, drop_images: bool = False) -> None:
+        super().clear(drop_images)
+        if drop_images:
+            self.rejected_paths = set()
+
+
 class WebChat:
     """The callbacks behind the page; one ChatSession per browser session (kept in gr.State)."""
 
@@ -41,18 +54,19 @@ class WebChat:
         self.model, self.image_processor = model, image_processor
         self.defaults = defaults or GenerationSettings()
 
-    def new_session(self) -> ChatSession:
-        return ChatSession(self.model, self.image_processor, GenerationSettings(**self.defaults.as_kwargs()))
+    def new_session(self) -> WebSession:
+        return WebSession(self.model, self.image_processor, GenerationSettings(**self.defaults.as_kwargs()))
 
-    def sync_images(self, session: ChatSession, files) -> list[str]:
+    def sync_images(self, session: WebSession, files) -> list[str]:
         """Add uploaded files the session has not seen; returns messages for unreadable ones."""
         problems = []
         for path in _paths(files):
-            if path in session.image_paths:
+            if path in session.image_paths or path in session.rejected_paths:
                 continue
             try:
                 session.add_image(path)
             except ImageLoadError as err:
+                session.rejected_paths.add(path)
                 problems.append(str(err))
         return problems
 

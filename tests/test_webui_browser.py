@@ -106,6 +106,9 @@ def test_respond_streams_growing_answer_and_keeps_history(tiny):
     log = updates[-1][1]
     assert any("broken.png" in m["content"] and m["content"].startswith("error:") for m in log)
     assert len(updates[-1][2].history) == 4
+    updates = _snapshots(web.respond("once more", [image, bad], log, session, 1.0, 0.9, 1, 8, False))
+    assert sum("broken.png" in m["content"] for m in updates[-1][1]) == 1  # reported once only
+    assert session.image_paths == [image]
 
     # bad slider value (num_beams 0) -> message, no generation
     updates = _snapshots(web.respond("x", [image], [], None, 1.0, 0.9, 0, 8, False))
