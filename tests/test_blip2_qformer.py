@@ -192,3 +192,21 @@ def test_hard_negatives_in_itm_exclude_same_image(tiny, monkeypatch):
         ids = torch.tensor(batch["image_id"])
         assert (ids[neg_img] != ids).all() and (ids[neg_txt] != ids).all()
         assert seen["positives"][0, 3] and seen["positives"][3, 0]
+
+
+def test_tiny_vocab_covers_every_demo_caption_word():
+    """Each word of every caption the demo generator can write is one token of the tiny vocab."""
+    import itertools
+    from lavis_lite.datasets import demo
+
+    tok = init_bert_tokenizer("tiny")
+    captions = set()
+    for colour, shape, bg, n, layout, variant in itertools.product(
+            demo.COLOURS, demo.SHAPES, demo.BACKGROUNDS, (1, 2, 3), (None, "position"), (0, 1)):
+        for cx in (4, 28):  # left and right of a 32-px image
+            shapes = [{"shape": shape, "colour": colour, "cx": cx, "cy": 16, "size": 8}] * n
+            captions.add(demo.caption_of({"background": bg, "shapes": shapes, "layout": layout}, 32, variant))
+    assert len(captions) > 100
+    for caption in captions:
+        pieces = tok.tokenize(caption)
+        assert "[UNK]" not in pieces and not any(p.startswith("##") for p in pieces), (caption, pieces)
