@@ -1,6 +1,7 @@
 """Frozen-feature cache: keys, invalidation, atomic concurrent writes, corruption reporting."""
 import multiprocessing as mp
 import os
+import time
 
 import pytest
 import torch
@@ -115,8 +116,8 @@ def _writer(root, paths, rounds, worker):
 def test_two_processes_writing_the_same_entries_at_once(tmp_path):
     paths = make_images(tmp_path, 24)
     root = str(tmp_path / "cache")
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(root, paths, 4, w)) for w in range(2)]
+    ctx = mp.get_context("fork")  # separate processes like DataLoader workers (fork: no re-import of torch)
+    procs = [ctx.Process(target=_writer, args=(root, paths, 3, w)) for w in range(2)]
     for p in procs:
         p.start()
     # read while they write: every entry seen is either absent or complete and correct
@@ -128,6 +129,7 @@ def test_two_processes_writing_the_same_entries_at_once(tmp_path):
             if got is not None:
                 torch.testing.assert_close(got, fake_features(p, shape=(32, 256)), atol=0, rtol=0)
                 seen += 1
+        time.sleep(0.01)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
