@@ -291,16 +291,16 @@ def test_a_few_steps_learn(data, procs):
     torch.manual_seed(0)
     model = registry.get_model_class("gpt_dialogue").from_pretrained("tiny")
     ds = DialogueDataset(vp, tp, os.path.join(root, "features"), [paths["train"]])
-    batch = ds.collater([ds[i] for i in range(16)])
+    batch = ds.collater([ds[i] for i in range(8)])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(15):
+    for _ in range(10):
         out = model(batch)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
         losses.append(out["loss"].item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.7 * losses[0] and min(losses[:3]) > max(losses[-3:])
 
 
 def test_builder_writes_synthetic_data_once_and_builds_splits(tmp_path, monkeypatch):
