@@ -9,7 +9,9 @@ Metric names follow LAVIS: txt_r1/5/10 (image->text), img_r1/5/10 (text->image),
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import torch
 import torch.distributed as dist
@@ -102,7 +104,6 @@ def retrieval_ground_truth(dataset) -> tuple[list, list[str], list[list[int]], l
 
 def _with_captions_from_files(records: list[dict], ann_paths: list[str]) -> list[dict]:
     """The parsed eval records (one per image, in loader order) with their captions from the raw files."""
-    import json
 
     from lavis_lite.datasets.datasets.caption_datasets import image_id_from_path
 
@@ -203,4 +204,16 @@ class RetrievalTask(BaseTask):
         metrics = dict(val_result[0])
         logger.info("retrieval %s: %s", split_name, {k: round(v, 2) for k, v in metrics.items()})
         self._write_metrics(metrics, split_name, epoch)
+        self._write_metrics_json(metrics, split_name, epoch)
         return metrics
+
+    @dist_utils.main_process
+    def _write_metrics_json(self, metrics, split_name, epoch):
+        """``<result_dir>/<split>_metrics.json`` as the other evaluation tasks write it (inside a runner)."""
+        try:
+            result_dir = registry.get_path("result_dir")
+        except KeyError:
+            return
+        os.makedirs(result_dir, exist_ok=True)
+        with open(os.path.join(result_dir, f"{split_name}_metrics.json"), "w") as f:
+            json.dump({"split": split_name, "epoch": epoch, **metrics}, f, indent=2)
