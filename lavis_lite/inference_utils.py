@@ -256,35 +256,36 @@ def export_weights_of(cfg_path) -> str | None:
 def job_checkpoint_of(cfg_path) -> str | None:
     """For a training job folder given as ``cfg_path``: its checkpoint_best, else its newest
     complete checkpoint_<step>; None for anything else."""
-    from lavis_lite.common import checkpoint as ckpt
+    from lavis_lite.common.checkpoint import CheckpointError
+    from lavis_lite.tools.export_checkpoint import resolve_checkpoint_dir
 
     path = os.path.expanduser(os.fspath(cfg_path))
     if not os.path.isdir(path) or export_weights_of(path):
         return None
-    best = os.path.join(path, "checkpoint_best")
-    found = best if ckpt.is_complete(best) else ckpt.find_latest_checkpoint(path)
-    if found is None:
+    try:
+        return resolve_checkpoint_dir(path)
+    except CheckpointError:
         raise FileNotFoundError(f"Job folder {path!r} holds no complete checkpoint (checkpoint_best or "
-                                "checkpoint_<step>); pass --checkpoint")
-    return found
-
-
-def resolve_checkpoint_file(checkpoint: str | os.PathLike) -> str:
-    """A weights file, or the weights file inside an export / checkpoint folder."""
-    path = os.path.expanduser(os.fspath(checkpoint))
-    if os.path.isfile(path):
-        return path
-    if os.path.isdir(path):
-        for name in (EXPORT_WEIGHTS_NAME, "model.pth", "pytorch_model.bin"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise FileNotFoundError(f"Checkpoint folder {path!r} holds no {EXPORT_WEIGHTS_NAME}")
-    raise FileNotFoundError(f"Checkpoint {path!r} does not exist")
+                                "checkpoint_<step>); pass --checkpoint") from None
 
 
 def load_weights(model, checkpoint: str | os.PathLike) -> dict:
-    """Load a checkpoint into ``model`` by name; unexpected keys or shape mismatches raise."""
-    path = resolve_checkpoint_file(checkpoint)
-    report = model.load_checkpoint(path)
+    """Load weights into ``model`` by name; unexpected keys or shape mismatches raise.
+
+    ``checkpoint``: a weights file (.safetensors / .pth), an export folder, or a runner
+    checkpoint / job folder (plain or DeepSpeed, read by lavis_lite.tools.export_checkpoint).
+    """
+    path = os.path.expanduser(os.fspath(checkpoint))
+    if os.path.isfile(path):
+        report = model.load_checkpoint(path)
+    elif os.path.isdir(path):
+        exported = export_weights_of(path) if os.path.isfile(os.path.join(path, EXPORT_CONFIG_NAME)) else None
+        if exported:
+            report = model.load_checkpoint(exported)
+        else:
+            from lavis_lite.tools.export_checkpoint import load_checkpoint_state
+            report = model.load_checkpoint(load_checkpoint_state(path))
+    else:
+        raise FileNotFoundError(f"Checkpoint {path!r} does not exist")
     logger.info("loaded %s", path)
     return report

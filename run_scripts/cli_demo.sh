@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Chat in the terminal with the tiny MiniGPT4-Qwen demo model about the shapes demo images.
 #
-#   bash run_scripts/cli_demo.sh                  # newest tiny training job under output/, else random init
+#   bash run_scripts/cli_demo.sh                  # the demo's trained model (run_scripts/demo.sh ->
+#                                                 # output/demo/stage2), else the newest tiny job, else random init
 #   bash run_scripts/cli_demo.sh TARGET [ARGS...] # TARGET: a job folder output/<run>/<job_id>, an export
 #                                                 # folder, or a model/run YAML; ARGS go to lavis_lite.chat
 #                                                 # (e.g. --checkpoint PATH --device cuda --conf max_new_tokens=32)
@@ -18,10 +19,12 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False
 TARGET="${1:-}"
 [ $# -gt 0 ] && shift
 if [ -z "$TARGET" ]; then
-  # newest job folder (output/<run>/<job_id>) of a tiny model that holds a finished checkpoint
-  for cfg in $(ls -t output/*/*/config.yaml 2>/dev/null || true); do
+  # run_scripts/demo.sh's stage 2 (output/demo/stage2), else the newest job folder
+  # (output/<run>/<job_id>) of a tiny MiniGPT4-Qwen that holds a finished checkpoint
+  for cfg in output/demo/stage2/config.yaml $(ls -t output/*/*/config.yaml 2>/dev/null || true); do
     job="$(dirname "$cfg")"
-    if grep -q "model_type: tiny" "$cfg" && ls -d "$job"/checkpoint_*/COMPLETE >/dev/null 2>&1; then
+    if [ -f "$cfg" ] && grep -q "arch: minigpt4qwen" "$cfg" && grep -q "model_type: tiny" "$cfg" \
+        && ls -d "$job"/checkpoint_*/COMPLETE >/dev/null 2>&1; then
       TARGET="$job"; break
     fi
   done
@@ -29,7 +32,7 @@ fi
 if [ -z "$TARGET" ]; then
   TARGET="configs/models/minigpt4qwen/minigpt4qwen_tiny.yaml"
   echo "[cli_demo] no trained tiny job under output/: chatting with the RANDOM-INIT tiny model (answers are noise)."
-  echo "[cli_demo] train one first (see README), or pass a job folder / export folder."
+  echo "[cli_demo] train one first (bash run_scripts/demo.sh), or pass a job folder / export folder."
 fi
 echo "[cli_demo] model: $TARGET"
 
