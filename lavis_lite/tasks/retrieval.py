@@ -104,7 +104,6 @@ def retrieval_ground_truth(dataset) -> tuple[list, list[str], list[list[int]], l
 
 def _with_captions_from_files(records: list[dict], ann_paths: list[str]) -> list[dict]:
     """The parsed eval records (one per image, in loader order) with their captions from the raw files."""
-
     from lavis_lite.datasets.datasets.caption_datasets import image_id_from_path
 
     captions: dict[str, list[str]] = {}
