@@ -1,8 +1,8 @@
 """evaluate.py end to end on the shapes demo with a briefly trained tiny MiniGPT4-Qwen.
 
-Training runs task ``instruction_eval`` (the task the training demo validates and tests with), so the
-accuracy train.py prints for the test split must come back, record for record, from
-``evaluate.py --cfg-path projects/minigpt4qwen/eval_demo_instruction.yaml`` on the best checkpoint.
+Training runs task ``instruction_eval``, so the accuracy train.py reports for the test split must come
+back, record for record, from ``evaluate.py --cfg-path projects/minigpt4qwen/eval_demo_instruction.yaml``
+on the best checkpoint -- the command run_scripts/demo.sh runs, whose figures demo_report.py prints.
 The caption and VQA YAMLs then run on the same checkpoint and their metric files are checked against
 the metrics recomputed from their own result files.
 """
@@ -95,7 +95,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_instruction_reproduces_training_demo_accuracy(trained):
+def test_evaluate_instruction_reproduces_training_demo_accuracy(trained, capsys):
     printed = trained["test_logs"]["test"]  # what train.py reported for the test split
     assert trained["ckpt"].is_file()
     metrics, on_disk, result_dir = _evaluate("eval_demo_instruction.yaml", trained["root"] / "eval",
@@ -112,6 +112,15 @@ def test_evaluate_instruction_reproduces_training_demo_accuracy(trained):
         theirs = {r["instance_id"]: r["prediction"] for r in json.load(f)}
     assert ours == theirs and len(ours) == 10
     assert 0 < metrics["loss"] < 10
+
+    # run_scripts/demo.sh prints these files through demo_report.py: the same figures come out
+    spec = importlib.util.spec_from_file_location("_demo_report", os.path.join(ROOT, "run_scripts", "demo_report.py"))
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    capsys.readouterr()
+    report.main(["--result-dir", result_dir, "--data", str(trained["root"] / "demo")])
+    printed_rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("all ")]
+    assert printed_rows == [["all", "10", f"{printed['exact_acc']:.1f}", f"{printed['contains_acc']:.1f}"]]
 
 
 @pytest.mark.slow
