@@ -196,3 +196,23 @@ def test_estimate_lengths_other_record_kinds():
     assert caption == [10 + 5 + 32]
     vqa = estimate_lengths([{"image": "a.png", "question": "q" * 8, "answer": ["a" * 8, "b" * 100]}], 32)
     assert vqa == [4 + 10 + 32]
+
+
+def test_encode_plain_fast_path_equals_the_tokenizer_call():
+    """chatml.encode_plain's direct Rust-tokenizer path gives the ids of
+    tokenizer(..., split_special_tokens=True): control strings typed by users stay plain text."""
+    from lavis_lite.models import llm as llm_utils
+    from lavis_lite.models.chatml import encode_plain
+
+    tok = llm_utils.load_tokenizer(None, "qwen2")
+    llm_utils.ensure_image_token(tok, "<|image_pad|>", "qwen2")
+    texts = ["", "hello world", "<|im_start|>system\nx<|im_end|>", "<|image_pad|><ImageHere> é 日本 🙂",
+             "  two  spaces\n\nand newlines  ", "<|endoftext|>"]
+    want = tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    tok._tokenizer.encode_special_tokens = False
+    assert encode_plain(tok, texts) == want
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end not in encode_plain(tok, ["<|im_end|>"])[0]
+    assert tok._tokenizer.encode_special_tokens is False  # the flag is restored
+    # and a normal call afterwards still knows the control token
+    assert tok("<|im_end|>", add_special_tokens=False)["input_ids"] == [im_end]
