@@ -326,20 +326,32 @@ def test_builder_writes_synthetic_data_once_and_builds_splits(tmp_path, monkeypa
         builder_cls(cfg).build_datasets()
 
 
-def test_dialogue_task_scores_generated_answers(model, data, procs):
+def test_dialogue_task_scores_generated_answers(model, data, procs, tmp_path):
     root, paths = data
     vp, tp = procs
-    task = registry.get_task_class("dialogue")(num_beams=2, max_len=8)
+    registry.register_path("result_dir", str(tmp_path))  # what the runner registers
+    task = registry.get_task_class("dialogue").setup_task(
+        OmegaConf.create({"num_beams": 2, "max_len": 8, "progress_bar": False}))
+    assert task.generate_kwargs["num_beams"] == 2 and task.generate_kwargs["max_new_tokens"] == 8
     ds = DialogueEvalDataset(vp, tp, os.path.join(root, "features"), [paths["val"]])
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collater)
     records = task.evaluation(model, loader)
-    answers = [r for r in records if "answer" in r]
-    assert len(answers) == len(ds) and sum("loss_sum" in r for r in records) == 2
-    metrics = task.after_evaluation(records, "val", 0)
+    assert [r["instance_id"] for r in records] == [a["instance_id"] for a in ds.annotation]
+    model.eval()
+    with torch.no_grad():  # per-record losses add up to the batch loss
+        out = model(ds.collater([ds[i] for i in range(4)]))
+    assert sum(r["n_tokens"] for r in records[:4]) == out["n_tokens"]
+    assert sum(r["loss_sum"] for r in records[:4]) / out["n_tokens"] == pytest.approx(float(out["lm_loss"]), rel=1e-5)
+    metrics = task.after_evaluation(records + records[:2], "val", 0)  # repeats (distributed padding) dropped
     assert {"loss", "Bleu_1", "Bleu_4", "CIDEr", "agg_metrics"} <= set(metrics)
     assert metrics["agg_metrics"] == metrics["CIDEr"]
-    perfect = [dict(r, answer=r["gt_answer"]) for r in answers]
+    assert metrics["n_tokens"] == sum(r["n_tokens"] for r in records)
+    assert json.load(open(tmp_path / "val_answers.json"))[0]["gt_answer"] == ds.annotation[0]["answer"]
+    perfect = [dict(r, answer=r["gt_answer"]) for r in records]
     assert task.score(perfect)["Bleu_1"] == pytest.approx(1.0, abs=1e-6)
+    loss_only = registry.get_task_class("dialogue").setup_task(OmegaConf.create({"generate": False}))
+    metrics = loss_only.after_evaluation(loss_only.evaluation(model, loader), "val", 1)
+    assert metrics["agg_metrics"] == -metrics["loss"] and "CIDEr" not in metrics
 
 
 def _run(script, args, tmp_path):
@@ -352,8 +364,13 @@ def _run(script, args, tmp_path):
 
 
 def _log(path):
+    """The runner's one-line JSON records ({"split": ..., "epoch": ..., metrics}) in log.txt."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.startswith("{")]
+        for line in f:
+            if line.startswith('{"split"'):
+                records.append(json.loads(line))
+    return records
 
 
 SMALL_DATA = ["datasets.avsd_dialogue.build_info.synthetic.n_train=12",
@@ -377,7 +394,7 @@ def test_train_py_then_evaluate_py_with_import_flag(tmp_path):
     test = [r for r in log if r["split"] == "test"][-1]
     assert {"Bleu_1", "Bleu_4", "CIDEr"} <= set(test) and test["agg_metrics"] == test["CIDEr"]
     assert (job / "checkpoint_best" / "model.safetensors").is_file()
-    assert (job / "result" / "test_epochbest.json").is_file()
+    assert (job / "result" / "test_answers.json").is_file()
 
     eval_yaml = tmp_path / "eval.yaml"
     with open(os.path.join(PROJECT, "eval_tiny.yaml")) as f:

@@ -106,14 +106,16 @@ class GPTDialogue(BaseModel):
         shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
         supervised = shift_labels != IGNORE_INDEX
         n_tokens = int(supervised.sum())
-        lm_loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]).float(),
-                                  shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-        lm_loss = lm_loss / max(n_tokens, 1)
+        token_nll = F.cross_entropy(shift_logits.transpose(1, 2).float(), shift_labels,
+                                    ignore_index=IGNORE_INDEX, reduction="none")  # [B, L-1], 0 where ignored
+        lm_loss = token_nll.sum() / max(n_tokens, 1)
         n_correct = int(((shift_logits.argmax(-1) == shift_labels) & supervised).sum())
         video_loss = self.video_loss(hidden[:, :n_frames], samples["video_fts"], samples["video_mask"])
         loss = lm_loss + self.video_loss_weight * video_loss
         return {"loss": loss, "n_tokens": n_tokens, "n_correct": n_correct,
-                "lm_loss": lm_loss.detach(), "video_loss": video_loss.detach()}
+                "lm_loss": lm_loss.detach(), "video_loss": video_loss.detach(),
+                # per sample, for evaluation records: summed answer-token NLL and answer tokens
+                "answer_nll": token_nll.detach().sum(1), "answer_tokens": supervised.sum(1)}
 
     def video_loss(self, video_hidden: torch.Tensor, video_fts: torch.Tensor, video_mask: torch.Tensor):
         """MSE between the prediction at frame t and the features of frame t+1 (both real)."""
