@@ -326,10 +326,10 @@ def test_builder_writes_synthetic_data_once_and_builds_splits(tmp_path, monkeypa
         builder_cls(cfg).build_datasets()
 
 
-def test_dialogue_task_scores_generated_answers(model, data, procs, tmp_path):
+def test_dialogue_task_scores_generated_answers(model, data, procs, tmp_path, monkeypatch):
     root, paths = data
     vp, tp = procs
-    registry.register_path("result_dir", str(tmp_path))  # what the runner registers
+    monkeypatch.setitem(registry.paths, "result_dir", str(tmp_path))  # what the runner registers
     task = registry.get_task_class("dialogue").setup_task(
         OmegaConf.create({"num_beams": 2, "max_len": 8, "progress_bar": False}))
     assert task.generate_kwargs["num_beams"] == 2 and task.generate_kwargs["max_new_tokens"] == 8
