@@ -216,3 +216,15 @@ def test_encode_plain_fast_path_equals_the_tokenizer_call():
     assert tok._tokenizer.encode_special_tokens is False  # the flag is restored
     # and a normal call afterwards still knows the control token
     assert tok("<|im_end|>", add_special_tokens=False)["input_ids"] == [im_end]
+
+
+def test_preprocess_cache_size_yaml_switch():
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    off = Minigpt4Qwen.from_pretrained("tiny", preprocess_cache_size=0)
+    conv = [[{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]]
+    off.preprocess(conv, [0])
+    assert off.chatml.cache_size == 0 and len(off.chatml._cache) == 0
+    on = Minigpt4Qwen.from_pretrained("tiny")
+    on.preprocess(conv, [0])
+    assert on.chatml.cache_size == 100_000 and len(on.chatml._cache) == 1
