@@ -307,3 +307,20 @@ run:
     log = (tmp_path / "out" / "cached" / "log.txt").read_text()
     assert "loss" in log and "nan" not in log.lower()
     assert not math.isnan(float(task.train_step(runner.unwrapped_model, batch)["loss"].detach()))
+
+
+def test_fill_cache_rank_shares_cover_everything(demo_dir, tmp_path):
+    """Ranks split the images by position, not by what happens to be missing when they look, so
+    ranks that start at different times still cover every image between them."""
+    from lavis_lite.common.feature_cache import cache_for_model, dataset_image_paths, fill_cache
+    from lavis_lite.processors.image_processors import BlipImageEvalProcessor
+
+    model = _tiny_model()
+    processor = BlipImageEvalProcessor(image_size=32)
+    dataset = _dataset(demo_dir, processor)
+    cache = cache_for_model(model, processor, tmp_path)
+    n = len(dataset_image_paths(dataset))
+    first = fill_cache(model, dataset, cache, batch_size=4, rank=0, world_size=2)  # rank 0 runs ahead
+    second = fill_cache(model, dataset, cache, batch_size=4, rank=1, world_size=2)
+    assert first + second == n == len(cache)
+    assert fill_cache(model, dataset, cache, batch_size=4) == 0

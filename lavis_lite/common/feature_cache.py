@@ -310,14 +310,15 @@ def fill_cache(model, dataset, cache: FeatureCache, batch_size: int = 32, rank: 
                progress: bool = False) -> int:
     """Compute and store the missing entries of ``dataset``'s images; returns how many were written.
 
-    Rank ``r`` of ``world_size`` handles every ``world_size``-th missing image, so several ranks fill one
-    cache together (writes are atomic; overlapping work would only cost time).
+    Rank ``r`` of ``world_size`` handles every ``world_size``-th image of the dataset (a split that does
+    not depend on timing), skipping those already present, so several ranks fill one cache together
+    (writes are atomic; overlapping work would only cost time).
     """
     from PIL import Image
 
     from lavis_lite.processors.image_processors import to_rgb
 
-    paths = [p for p in dataset_image_paths(dataset) if not cache.has(p)][rank::world_size]
+    paths = [p for p in dataset_image_paths(dataset)[rank::world_size] if not cache.has(p)]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -408,6 +409,9 @@ def prepare_feature_cache(cfg, model, datasets: dict, progress: bool = True, for
                 written = fill_cache(model, dataset, cache, settings["batch_size"], dist_utils.get_rank(),
                                      dist_utils.get_world_size(), progress and dist_utils.is_main_process())
                 dist_utils.barrier()
+                # ranks whose frozen weights differ (random init, seed + rank) have their own namespace:
+                # fill what the others did not (nothing, when all ranks share the weights)
+                written += fill_cache(model, dataset, cache, settings["batch_size"])
                 logger.info("feature cache %s: %s/%s, %d new entries", cache.dir, name, split, written)
             out[name][split] = attach_feature_cache(dataset, cache)
     return out
