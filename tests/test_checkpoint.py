@@ -40,7 +40,7 @@ def test_crash_during_checkpoint_save_leaves_previous_loadable(tmp_path, monkeyp
     r.train()
     job = tmp_path / "out" / "job"
     latest = ckpt.find_latest_checkpoint(str(job))
-    assert latest.endswith("checkpoint_0000032")
+    assert latest.endswith("checkpoint_0000016")
     saved = {n: p.detach().clone() for n, p in r.unwrapped_model.named_parameters()}
 
     real_save_torch = ckpt.save_torch
@@ -53,15 +53,15 @@ def test_crash_during_checkpoint_save_leaves_previous_loadable(tmp_path, monkeyp
     with torch.no_grad():
         for p in r.unwrapped_model.parameters():
             p.add_(1.0)
-    r.start_epoch = 3  # would become checkpoint_0000048
+    r.start_epoch = 3  # would become checkpoint_0000024
     with pytest.raises(RuntimeError, match="killed"):
-        r.save_checkpoint(ckpt.step_dir_name(48))
+        r.save_checkpoint(ckpt.step_dir_name(24))
     with pytest.raises(RuntimeError, match="killed"):
         r.save_checkpoint("checkpoint_best")  # overwriting the best one crashes too
     monkeypatch.setattr(ckpt, "save_torch", real_save_torch)
 
     assert ckpt.find_latest_checkpoint(str(job)) == latest  # the half-written one is ignored
-    assert (job / "checkpoint_0000048.tmp").is_dir() and not (job / "checkpoint_0000048").exists()
+    assert (job / "checkpoint_0000024.tmp").is_dir() and not (job / "checkpoint_0000024").exists()
     assert ckpt.is_complete(str(job / "checkpoint_best"))
     fresh = make_runner(tmp_path, "runner_base", max_epoch=2, valid_splits=["val"], resume_ckpt_path="auto")
     fresh.maybe_resume()

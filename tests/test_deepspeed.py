@@ -35,10 +35,10 @@ def test_batch_sizes_come_from_the_run_config(tmp_path):
         derive_deepspeed_config(run_cfg(deepspeed_config=str(tmp_path / "missing.json")), 1)
 
 
-@pytest.mark.parametrize("stage,dtype", [(0, "fp32"), (1, "fp32"), (2, "bf16"), (3, "fp32"), (3, "bf16")])
+@pytest.mark.parametrize("stage,dtype", [(0, "bf16"), (1, "fp32"), (3, "bf16")])  # ZeRO-2 fp32: test_runners
 def test_zero_stages_train(tmp_path, stage, dtype):
     ds_cfg = {"zero_optimization": {"stage": stage}, "bf16": {"enabled": dtype == "bf16"}}
-    r = make_runner(tmp_path, "deepspeed_runner", max_epoch=2, accum_grad_iters=2, max_grad_norm=1.0,
+    r = make_runner(tmp_path, "deepspeed_runner", max_epoch=2, accum_grad_iters=2, max_grad_norm=1.0, init_lr=1e-2,
                     deepspeed_config=ds_cfg)
     r.train()
     assert r.model.zero_optimization_stage() == stage

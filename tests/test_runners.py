@@ -65,44 +65,36 @@ def fixed_batch_loss(model):
 
 
 RUNNERS = [
-    ("runner_base", {"max_epoch": 3}),
-    ("runner_iter", {"iters": 40, "iters_per_inner_epoch": 15}),
-    ("deepspeed_runner", {"max_epoch": 3, "deepspeed_config": {"zero_optimization": {"stage": 2}}}),
+    ("runner_base", {"max_epoch": 3}, 16),
+    ("runner_iter", {"iters": 20, "iters_per_inner_epoch": 6}, 12),  # stops mid data-epoch
+    ("deepspeed_runner", {"max_epoch": 2, "deepspeed_config": {"zero_optimization": {"stage": 2}}}, 8),
 ]
 
 
-@pytest.mark.parametrize("runner,run", RUNNERS, ids=[r for r, _ in RUNNERS])
-def test_each_runner_learns_and_writes_job_dir(tmp_path, runner, run):
-    r = make_runner(tmp_path, runner, valid_splits=["val"], **run)
-    before = fixed_batch_loss(r.unwrapped_model)
-    r.train()
-    after = fixed_batch_loss(r.unwrapped_model)
-    assert after < 0.8 * before, (before, after)
-    job = tmp_path / "out" / "job"
-    assert (job / "config.yaml").is_file() and (job / "log.txt").is_file() and (job / "result").is_dir()
-    assert OmegaConf.load(job / "config.yaml").run.runner == runner
-    assert (job / "checkpoint_best" / "COMPLETE").is_file()
-    assert "Train:" in (job / "log.txt").read_text()
-
-
-@pytest.mark.parametrize("runner,run,stop", [
-    ("runner_base", {"max_epoch": 3}, 16),
-    ("runner_iter", {"iters": 14, "iters_per_inner_epoch": 5}, 10),  # stops mid data-epoch
-    ("deepspeed_runner", {"max_epoch": 3, "deepspeed_config": {"zero_optimization": {"stage": 2}}}, 16),
-], ids=["runner_base", "runner_iter", "deepspeed_runner"])
-def test_resume_continues_exactly(tmp_path, runner, run, stop):
-    full = make_runner(tmp_path / "full", runner, **run)
+@pytest.mark.parametrize("runner,run,stop", RUNNERS, ids=[r[0] for r in RUNNERS])
+def test_runner_learns_and_resumes_exactly(tmp_path, runner, run, stop):
+    """Train uninterrupted (the loss falls, the job dir is complete); then train, stop after a checkpoint,
+    resume with resume_ckpt_path=auto: the resumed losses and final weights equal the uninterrupted run's."""
+    full = make_runner(tmp_path / "full", runner, valid_splits=["val"], **run)
+    before = fixed_batch_loss(full.unwrapped_model)
     full.train()
-    first = make_runner(tmp_path / "cut", runner, stop_after_step=stop, **run)
+    assert fixed_batch_loss(full.unwrapped_model) < 0.8 * before
+    job = tmp_path / "full" / "out" / "job"
+    assert (job / "config.yaml").is_file() and (job / "result").is_dir()
+    assert OmegaConf.load(job / "config.yaml").run.runner == runner
+    assert (job / "checkpoint_best" / "COMPLETE").is_file() and "Train:" in (job / "log.txt").read_text()
+
+    first = make_runner(tmp_path / "cut", runner, valid_splits=["val"], stop_after_step=stop, **run)
     with pytest.raises(Stop):
         first.train()
     n_done = len(first.task.losses)
-    resumed = make_runner(tmp_path / "cut", runner, resume_ckpt_path="auto", **run)
+    resumed = make_runner(tmp_path / "cut", runner, valid_splits=["val"], resume_ckpt_path="auto", **run)
     resumed.train()
     assert n_done > 0 and len(resumed.task.losses) == len(full.task.losses) - n_done
     assert resumed.task.losses == pytest.approx(full.task.losses[n_done:], rel=1e-6, abs=1e-7)
     for name, p in full.unwrapped_model.named_parameters():
         torch.testing.assert_close(p, dict(resumed.unwrapped_model.named_parameters())[name])
+    assert resumed.best_epoch == full.best_epoch
 
 
 def _stepper_run(batches, accum):

@@ -36,9 +36,9 @@ def test_resume_auto_continues_the_latest_job(tmp_path):
     cfg = toy.write_run_yaml(str(tmp_path / "run.yaml"), max_epoch=1)
     train_script.main(["--cfg-path", cfg, "--job-id", "first"])
     job = tmp_path / "out" / "first"
-    assert (job / "checkpoint_0000016" / "COMPLETE").is_file()
+    assert (job / "checkpoint_0000008" / "COMPLETE").is_file()
     train_script.main(["--cfg-path", cfg, "--resume", "auto", "--options", "run.max_epoch=2"])
-    assert (job / "checkpoint_0000032" / "COMPLETE").is_file()  # the same job directory went on
+    assert (job / "checkpoint_0000016" / "COMPLETE").is_file()  # the same job directory went on
     log = (job / "log.txt").read_text()
     assert "resumed from" in log and '"epoch": 1' in log
 

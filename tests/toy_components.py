@@ -86,8 +86,8 @@ def write_run_yaml(path, runner="runner_base", **run):
         "model": {"arch": "toy_lm", "model_type": "default"},
         "datasets": {"toy_data": {"n_train": 64}},
         "run": {"task": "image_text_pretrain", "runner": runner, "lr_sched": "linear_warmup_cosine_lr",
-                "init_lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 2, "weight_decay": 0.0,
-                "batch_size_train": 4, "batch_size_eval": 8, "max_epoch": 2, "seed": 7,
+                "init_lr": 1e-2, "min_lr": 1e-4, "warmup_steps": 2, "weight_decay": 0.0,
+                "batch_size_train": 8, "batch_size_eval": 8, "max_epoch": 2, "seed": 7,
                 "output_dir": os.path.join(os.path.dirname(path), "out"), "train_splits": ["train"],
                 "valid_splits": [], "device": "cpu", "progress_bar": False, **run},
     }
