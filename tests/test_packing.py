@@ -183,3 +183,23 @@ def test_model_packing_actually_packs(monkeypatch):
     with pytest.raises(ValueError, match="exclude each other"):
         model.pad_to_max_txt_len = True
         model({"image": torch.randn(1, 3, 32, 32), "n_images": [1], "conversations": _conversations()[:1]})
+
+
+def test_arrange_batch_layouts():
+    from lavis_lite.models.packing import arrange_batch
+
+    embeds = torch.randn(3, 6, 4)
+    labels = torch.tensor([[-100, 1, 2, -100, -100, -100], [-100, 3, 4, 5, 6, 7], [-100, 8, -100, -100, -100, -100]])
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]])
+    lengths = [3, 6, 2]
+    same = arrange_batch(embeds, mask, labels, lengths, max_len=8)
+    assert same["inputs_embeds"] is embeds and same["position_ids"] is None
+    padded = arrange_batch(embeds, mask, labels, lengths, max_len=8, pad_to_max=True)
+    assert padded["inputs_embeds"].shape == (3, 8, 4) and padded["attention_mask"][:, 6:].sum() == 0
+    assert (padded["labels"][:, 6:] == IGNORE_INDEX).all()
+    packed = arrange_batch(embeds, mask, labels, lengths, max_len=8, packing=True)
+    assert packed["attention_mask"].shape[:2] == (2, 1)  # 3 samples in 2 rows: [6] and [3 + 2]
+    assert packed["position_ids"][1].tolist()[:5] == [0, 1, 2, 0, 1]
+    flash = arrange_batch(embeds, mask, labels, lengths, max_len=8, packing=True,
+                          attn_implementation="flash_attention_2")
+    assert flash["attention_mask"] is None and flash["position_ids"] is not None  # varlen via positions

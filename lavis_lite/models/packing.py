@@ -207,7 +207,9 @@ def arrange_batch(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, lab
     if packing:
         embeds = [inputs_embeds[i, :n] for i, n in enumerate(lengths)]
         labs = [labels[i, :n] for i, n in enumerate(lengths)]
-        packed = pack_sequences(embeds, labs, max_len, attn_implementation=attn_implementation)
+        # flash-attention takes no 4-D mask: it reads the restarting position ids (varlen) instead
+        attention = "position_ids" if str(attn_implementation).startswith("flash") else "mask"
+        packed = pack_sequences(embeds, labs, max_len, attention=attention, attn_implementation=attn_implementation)
         return {"inputs_embeds": packed.inputs_embeds, "attention_mask": packed.attention_mask,
                 "labels": packed.labels, "position_ids": packed.position_ids}
     if pad_to_max and inputs_embeds.shape[1] < max_len:
