@@ -12,7 +12,7 @@ from lavis_lite.tools.merge_lora import main as merge_main
 
 LORA_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n  get_lora: True\n  lora_include_mlp: True\n"
 # fp32; merging only re-associates W x + s B(A x) into (W + s B A) x: rounding differences only
-# (logits of these random weights reach |20|, measured max difference 1.6e-5)
+# (logits of these random weights reach |9|; measured max differences 1.6e-5 to 3.5e-5)
 ATOL, RTOL = 1e-4, 1e-5
 
 
