@@ -22,7 +22,7 @@ TEMP_MIN, TEMP_MAX = 0.001, 0.5
 ITC_LABEL_SMOOTHING = 0.1  # BLIP-2 uses 0.1 both with and without image ids
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -33,7 +33,7 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor):
-        rank, world = _world()
+        rank, world = rank_and_world()
         ctx.rank, ctx.batch = rank, tensor.shape[0]
         out = [torch.zeros_like(tensor) for _ in range(world)]
         dist.all_gather(out, tensor.contiguous())
@@ -52,7 +52,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     The gradient a rank receives is that of the *sum* of all ranks' losses; DDP's averaging of
     parameter gradients then gives the gradient of the mean loss, i.e. the one-big-batch gradient.
     """
-    if _world()[1] == 1:
+    if rank_and_world()[1] == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
 
@@ -60,7 +60,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` over ranks along dim 0 (ids, token ids: nothing to differentiate)."""
-    world = _world()[1]
+    world = rank_and_world()[1]
     if world == 1:
         return tensor
     out = [torch.zeros_like(tensor) for _ in range(world)]

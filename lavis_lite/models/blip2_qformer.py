@@ -172,7 +172,7 @@ class Blip2Qformer(Blip2Base):
         batch = image.shape[0]
         if len(texts) != batch:
             raise ValueError(f"Blip2Qformer: {batch} images but {len(texts)} texts in the batch")
-        rank, world = L._world()
+        rank, world = L.rank_and_world()
         if "image_id" in samples and samples["image_id"] is not None:
             image_ids = L.image_ids_to_tensor(samples["image_id"], self.device)
         else:  # every sample its own image
