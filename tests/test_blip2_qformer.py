@@ -210,3 +210,33 @@ def test_tiny_vocab_covers_every_demo_caption_word():
     for caption in captions:
         pieces = tok.tokenize(caption)
         assert "[UNK]" not in pieces and not any(p.startswith("##") for p in pieces), (caption, pieces)
+
+
+def _ddp_forward(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    batch = _batch(4)
+    sl = slice(rank * 2, rank * 2 + 2)
+    local = {"image": batch["image"][sl], "text_input": batch["text_input"][sl], "image_id": batch["image_id"][sl]}
+    torch.manual_seed(0)
+    itc_only = Blip2Qformer.from_pretrained("tiny", losses={"itc": True, "itm": False, "itg": False})
+    loss = itc_only(local)["loss_itc"]
+    torch.manual_seed(0)
+    full = Blip2Qformer.from_pretrained("tiny")(local)  # ITM gathers padded token ids across ranks
+    torch.save({"itc": loss.detach(), "full": {k: float(v) for k, v in full.items()}},
+               os.path.join(out_dir, f"{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_process_forward_matches_whole_batch(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_forward, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    res = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(0)
+    whole = Blip2Qformer.from_pretrained("tiny", losses={"itc": True, "itm": False, "itg": False})(_batch(4))
+    # image ids [1, 2, 3, 1]: the repeated image sits on both ranks and is a positive across them.
+    mean = (res[0]["itc"] + res[1]["itc"]) / 2
+    assert mean.item() == pytest.approx(whole["loss_itc"].item(), rel=1e-5)
+    for r in res:
+        assert all(v == v and v > 0 for k, v in r["full"].items() if k.startswith("loss")), r["full"]
