@@ -1,4 +1,5 @@
 """Frozen-feature cache: keys, invalidation, atomic concurrent writes, corruption reporting."""
+import json
 import multiprocessing as mp
 import os
 import time
@@ -324,3 +325,45 @@ def test_fill_cache_rank_shares_cover_everything(demo_dir, tmp_path):
     second = fill_cache(model, dataset, cache, batch_size=4, rank=1, world_size=2)
     assert first + second == n == len(cache)
     assert fill_cache(model, dataset, cache, batch_size=4) == 0
+
+
+@pytest.mark.slow
+def test_cache_features_tool_under_torchrun_two_ranks(demo_dir, tmp_path):
+    """Two ranks (gloo) fill one cache together: per-rank random inits are unified to rank 0's frozen
+    weights first, so both ranks end in the same namespace with every image exactly once."""
+    import subprocess
+    import sys
+    import socket
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"""
+model: {{arch: minigpt4qwen, model_type: tiny}}
+datasets:
+  instruction:
+    build_info:
+      annotations: {{train: {{storage: {demo_dir}/instruction/train.json}}}}
+      images: {{storage: {demo_dir}/images}}
+    vis_processor:
+      train: {{name: blip2_image_train, image_size: 32}}
+      eval: {{name: blip2_image_eval, image_size: 32}}
+run:
+  task: instruction_tuning
+  device: cpu
+  feature_cache: {{enabled: true, root: {tmp_path}/features}}
+""")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={port}", "-m", "lavis_lite.tools.cache_features",
+                           "--cfg-path", str(run_yaml), "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    namespaces = [d for d in os.listdir(tmp_path / "features") if not d.startswith(".")]
+    assert len(namespaces) == 1, namespaces  # both ranks used rank 0's weights
+    summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    (info,) = summary["caches"].values()
+    from lavis_lite.common.feature_cache import dataset_image_paths
+    from lavis_lite.processors.image_processors import BlipImageEvalProcessor
+    assert info["entries"] == len(dataset_image_paths(_dataset(demo_dir, BlipImageEvalProcessor(32))))

@@ -290,6 +290,35 @@ STAGE_MODULES = {
 }
 
 
+def sync_frozen_stages_from_rank0(model, stage: str) -> bool:
+    """Make every rank hold rank 0's weights of the frozen stages (what DDP / DeepSpeed do anyway when
+    they wrap the model), but only when the ranks' fingerprints differ — e.g. a random-init model
+    built with per-rank seeds. Returns True when weights were copied. Needed before fingerprinting:
+    cached features must come from the weights training will use."""
+    import torch.distributed as dist
+
+    from lavis_lite.common import dist_utils
+
+    if dist_utils.get_world_size() < 2:
+        return False
+    modules = {name: getattr(model, name) for name in STAGE_MODULES[stage]}
+    fingerprints = [None] * dist_utils.get_world_size()
+    dist.all_gather_object(fingerprints, modules_fingerprint(modules))
+    if len(set(fingerprints)) == 1:
+        return False
+    on_gpu = dist.get_backend() == "nccl"
+    with torch.no_grad():
+        for module in modules.values():
+            tensors = [module] if isinstance(module, torch.Tensor) else list(module.state_dict().values())
+            for t in tensors:
+                buf = t.detach().to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else t.detach()
+                dist.broadcast(buf, src=0)
+                if buf is not t:
+                    t.detach().copy_(buf)
+    logger.info("feature cache: frozen %s weights differed across ranks; copied rank 0's", stage)
+    return True
+
+
 def cache_for_model(model, transform, root: str, dtype: str = "fp32", stage: str | None = None) -> FeatureCache:
     """The cache of ``model``'s highest frozen stage (``model.frozen_feature_stage()``) under ``root``.
 
@@ -403,15 +432,15 @@ def prepare_feature_cache(cfg, model, datasets: dict, progress: bool = True, for
                 logger.info("feature cache: %s/%s is not an image dataset with paths; left as is", name, split)
                 continue
             processor = _eval_processor(cfg, name)
+            if model.frozen_feature_stage() is not None:
+                sync_frozen_stages_from_rank0(model, model.frozen_feature_stage())
             cache = cache_for_model(model, processor, settings["root"], settings["dtype"])
             dataset = copy_with_processor(dataset, processor)
             if settings["build_missing"]:
                 written = fill_cache(model, dataset, cache, settings["batch_size"], dist_utils.get_rank(),
                                      dist_utils.get_world_size(), progress and dist_utils.is_main_process())
                 dist_utils.barrier()
-                # ranks whose frozen weights differ (random init, seed + rank) have their own namespace:
-                # fill what the others did not (nothing, when all ranks share the weights)
-                written += fill_cache(model, dataset, cache, settings["batch_size"])
+                written += fill_cache(model, dataset, cache, settings["batch_size"])  # a rank that failed midway
                 logger.info("feature cache %s: %s/%s, %d new entries", cache.dir, name, split, written)
             out[name][split] = attach_feature_cache(dataset, cache)
     return out
