@@ -1,4 +1,5 @@
 """Config layering: each layer wins where it should, --options parsing, clear errors."""
+import os
 import textwrap
 
 import pytest
@@ -150,3 +151,24 @@ def test_dump_roundtrip(components):
     cfg.dump(str(out))
     from omegaconf import OmegaConf
     assert OmegaConf.to_container(OmegaConf.load(out)) == cfg.to_dict()
+
+
+def test_plugin_yaml_beside_module_wins_over_builtin(tmp_path, monkeypatch):
+    """A plugin's relative default-YAML path resolves next to the plugin before library_root."""
+    import importlib.util
+    import sys
+
+    from lavis_lite.common.config import resolve_config_path
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "default.yaml").write_text("plugin: true\n")  # same name as a built-in
+    (tmp_path / "myplug.py").write_text("class Thing:\n    pass\n")
+    spec = importlib.util.spec_from_file_location("myplug", tmp_path / "myplug.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "myplug", mod)
+    spec.loader.exec_module(mod)
+    assert resolve_config_path(mod.Thing, "configs/default.yaml") == str(tmp_path / "configs" / "default.yaml")
+    # built-ins keep resolving under library_root
+    from lavis_lite.models.base_model import BaseModel
+    assert resolve_config_path(BaseModel, "configs/default.yaml") == os.path.join(
+        registry.get_path("library_root"), "configs", "default.yaml")

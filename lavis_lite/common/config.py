@@ -172,9 +172,13 @@ def resolve_config_path(cls: type, rel_path: str) -> str:
     import inspect
     candidates = [os.path.join(registry.get_path("library_root"), rel_path)]
     try:
-        candidates.append(os.path.join(os.path.dirname(inspect.getfile(cls)), rel_path))
+        beside = os.path.join(os.path.dirname(inspect.getfile(cls)), rel_path)
     except (TypeError, OSError):
-        pass
+        beside = None
+    if beside is not None:
+        # A plugin's own YAML must not be shadowed by a built-in file of the same relative name.
+        is_builtin = cls.__module__.split(".")[0] == "lavis_lite"
+        candidates = candidates + [beside] if is_builtin else [beside] + candidates
     for cand in candidates:
         if os.path.isfile(cand):
             return cand
