@@ -61,3 +61,22 @@ def test_plain_python_train_py(tmp_path):
     assert (job / "checkpoint_best" / "model.safetensors").is_file()
     stats = [json.loads(line) for line in (job / "log.txt").read_text().splitlines() if line.startswith("{")]
     assert [s["split"] for s in stats] == ["train", "val"]
+
+
+RECIPES = ["instruction_qwen7b_chat", "pretrain_llava558k", "sft_full_qwen7b_chat_zero3", "lora_qwen7b_chat", "demo"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_project_recipes_are_valid_configs(name):
+    """Every training recipe merges with its model / dataset defaults and passes the runner's checks."""
+    from lavis_lite.runners.deepspeed_runner import derive_deepspeed_config
+    from lavis_lite.runners.launch import load_config, parse_args
+    cfg = load_config(parse_args(["--cfg-path", os.path.join(REPO, "projects", "minigpt4qwen", f"{name}.yaml")]))
+    run = cfg.run_cfg
+    assert run.runner == "deepspeed_runner" and run.task in ("instruction_tuning", "image_text_pretrain")
+    ds = derive_deepspeed_config(run, world_size=8)
+    assert ds["train_batch_size"] == run.batch_size_train * run.get("accum_grad_iters", 1) * 8
+    if name != "demo":  # the real recipes train in bf16 and leave the paths to set visibly marked
+        assert ds["bf16"]["enabled"] and str(cfg.model_cfg.llm_model).startswith("/path/to/")
+    else:
+        assert cfg.model_cfg.model_type == "tiny" and cfg.model_cfg.freeze_llm is False

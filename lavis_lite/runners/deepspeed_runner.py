@@ -205,10 +205,6 @@ class DeepSpeedRunner(RunnerBase):
     def load_model_weights(self, ckpt_dir):
         self.read_state(ckpt_dir)
 
-    def eval_epoch(self, split, cur_epoch):
-        self.model  # under ZeRO-3 the module's parameters live in the engine
-        return super().eval_epoch(split, cur_epoch)
-
 
 def _check_trainable_names(model, ckpt_dir: str) -> None:
     """The names DeepSpeed recorded as saved must be exactly the model's trainable parameters."""
