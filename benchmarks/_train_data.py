@@ -13,7 +13,8 @@ def build_disk_data(args, model, workdir):
     with the eval transform; and the same dataset reading the frozen-feature cache (built here, timed)."""
     import json
 
-    from lavis_lite.common.feature_cache import attach_feature_cache, cache_for_model, fill_cache
+    from lavis_lite.common.feature_cache import attach_feature_cache
+    from lavis_lite.common.feature_cache_run import cache_for_model, fill_cache
     from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 

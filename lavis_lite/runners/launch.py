@@ -94,7 +94,7 @@ def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     # run.feature_cache.enabled: training splits read cached frozen-stage features instead of images
-    from lavis_lite.common.feature_cache import prepare_feature_cache
+    from lavis_lite.common.feature_cache_run import prepare_feature_cache
     datasets = prepare_feature_cache(cfg, model, datasets)
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
     runner = runner_cls(cfg=cfg, task=task, model=model, datasets=datasets, job_id=job_id)
