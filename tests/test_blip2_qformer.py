@@ -75,6 +75,20 @@ def test_tokenizer_dec_bos_and_tiny_vocab():
         init_bert_tokenizer("/nonexistent/bert-base-uncased")
 
 
+def test_tokenizer_from_the_local_hf_cache_only(monkeypatch):
+    import huggingface_hub
+    from lavis_lite.models.bert_tokenizer import TINY_VOCAB
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name: asked.append((repo, name)) or TINY_VOCAB)
+    assert len(init_bert_tokenizer("bert-base-uncased")) == len(init_bert_tokenizer("tiny"))
+    assert asked == [("bert-base-uncased", "vocab.txt")]
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: None)
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache.*tokenizer_vocab"):
+        init_bert_tokenizer("bert-base-uncased")
+
+
 def test_forward_losses_and_gradients(tiny):
     out = tiny(_batch())
     assert set(out) == {"loss", "loss_itc", "loss_itm", "loss_itg", "n_tokens"}
