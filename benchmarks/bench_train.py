@@ -76,7 +76,7 @@ SIZES = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="bench")
-    p.add_argument("--modes", default="naive,fast,fast_cache")
+    p.add_argument("--modes", default="naive,fast,fast_group,fast_cache,fast_group_cache")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per mode and repeat")
     p.add_argument("--warmup", type=int, default=2)
