@@ -35,9 +35,12 @@ def test_batch_sizes_come_from_the_run_config(tmp_path):
         derive_deepspeed_config(run_cfg(deepspeed_config=str(tmp_path / "missing.json")), 1)
 
 
-@pytest.mark.parametrize("stage,dtype", [(0, "bf16"), (1, "fp32"), (3, "bf16")])  # ZeRO-2 fp32: test_runners
-def test_zero_stages_train(tmp_path, stage, dtype):
+@pytest.mark.parametrize("stage,dtype,offload", [(0, "bf16", False), (1, "fp32", False), (2, "fp32", True),
+                                                 (3, "bf16", False)])  # ZeRO-2 fp32 also in test_runners
+def test_zero_stages_train(tmp_path, stage, dtype, offload):
     ds_cfg = {"zero_optimization": {"stage": stage}, "bf16": {"enabled": dtype == "bf16"}}
+    if offload:  # optimizer states on the CPU, stepped by our torch AdamW
+        ds_cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
     r = make_runner(tmp_path, "deepspeed_runner", max_epoch=2, accum_grad_iters=2, max_grad_norm=1.0, init_lr=1e-2,
                     deepspeed_config=ds_cfg)
     r.train()

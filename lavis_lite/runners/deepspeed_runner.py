@@ -63,6 +63,9 @@ def derive_deepspeed_config(run_cfg, world_size: int, cfg_path: str = "the run c
     if ds.get("bf16", {}).get("enabled") and ds.get("fp16", {}).get("enabled"):
         raise ConfigError(f"deepspeed_config enables both bf16 and fp16 ({cfg_path})")
     ds.setdefault("zero_allow_untested_optimizer", True)
+    if ds.get("zero_optimization", {}).get("offload_optimizer") and "optimizer" not in ds:
+        # CPU offload with our torch AdamW works (DeepSpeedCPUAdam is faster: add an "optimizer" section).
+        ds.setdefault("zero_force_ds_cpu_optimizer", False)
     ds.setdefault("steps_per_print", 10 ** 9)  # our MetricLogger logs
     return ds
 
