@@ -214,7 +214,8 @@ class ChatMLPreprocessor:
         if not self.cache_size or not isinstance(conv, (list, tuple)):
             return None
         try:
-            return (tuple((t["from"], t["value"]) for t in conv), n_images, add_generation_prompt)
+            # max_txt_len too: truncation depends on it, and callers may change it on a live preprocessor
+            return (tuple((t["from"], t["value"]) for t in conv), n_images, add_generation_prompt, self.max_txt_len)
         except (TypeError, KeyError):
             return None  # malformed: let _turns raise its clear error
 
