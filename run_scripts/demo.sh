@@ -3,7 +3,7 @@
 # Q-Former pretraining, projects/minigpt4qwen/demo_stage1.yaml), stage 2 (MiniGPT4-Qwen instruction
 # tuning with deepspeed_runner, projects/minigpt4qwen/demo.yaml), then evaluation on the held-out test
 # split: accuracy per question type, a few questions with the model's answers, each stage's time.
-# Outputs go to output/demo/{stage1,stage2,eval} (replaced on every run). Data: $LAVIS_LITE_CACHE_ROOT/demo
+# Outputs go to output/demo/{stage1,stage2,eval} (or $DEMO_OUT; replaced on every run). Data: $LAVIS_LITE_CACHE_ROOT/demo
 # (default ~/.cache/lavis_lite/demo). Extra arguments are passed to both train.py calls' --options.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,7 +13,7 @@ PY="$ROOT/.venv/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 CACHE="${LAVIS_LITE_CACHE_ROOT:-$HOME/.cache/lavis_lite}"
 DATA="$CACHE/demo"
-OUT="output/demo"
+OUT="${DEMO_OUT:-output/demo}"   # DEMO_OUT=DIR puts the outputs elsewhere
 declare -A SECONDS_OF
 
 stage() {  # stage NAME COMMAND...: run, time, fail loudly
