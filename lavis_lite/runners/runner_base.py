@@ -311,8 +311,8 @@ class RunnerBase:
             for epoch in range(self.start_epoch, self.n_epochs):
                 stats = self.train_one_epoch(epoch)
                 self.log_stats(stats, "train", epoch)
+                self.start_epoch = epoch + 1  # what a checkpoint written from here on resumes at
                 self.validate(epoch)
-                self.start_epoch = epoch + 1
                 self.save_checkpoint(ckpt.step_dir_name(self.global_step(epoch + 1)))
                 ckpt.prune_step_checkpoints(self.output_dir, int(self.run_cfg.get("keep_checkpoints", 2)))
                 dist_utils.barrier()
