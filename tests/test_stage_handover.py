@@ -112,30 +112,18 @@ def test_runner_stage1_checkpoint_initialises_minigpt4qwen(stage1):
 
 def test_released_style_blip2_checkpoint_initialises_minigpt4qwen(tmp_path):
     """A blip2_pretrained*.pth look-alike: torch.save({"model": state}) of a stage-1 model whose ViT has
-    one block more than kept (BLIP-2 drops the last EVA block) and the LM-head bias stored twice."""
+    40 blocks where the model keeps 39 (as EVA-ViT-G in BLIP-2), with the LM-head bias stored twice."""
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    sizes = {"patch_size": 8, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2.0}
     torch.manual_seed(0)
-    stage1 = Blip2Qformer.from_pretrained("tiny", vit_sizes={"patch_size": 8, "embed_dim": 64, "depth": 3,
-                                                             "num_heads": 4, "mlp_ratio": 2.0})
+    stage1 = Blip2Qformer.from_pretrained("tiny", vit_sizes=dict(sizes, depth=40))
     state = {k: v.clone() for k, v in stage1.state_dict().items()}
     state["Qformer.cls.predictions.decoder.bias"] = state["Qformer.cls.predictions.bias"].clone()
     path = tmp_path / "blip2_pretrained_tiny.pth"
     torch.save({"model": state}, path)
-    model = _minigpt4qwen_from(path)
+    model = Minigpt4Qwen.from_pretrained("tiny", vit_sizes=dict(sizes, depth=39), q_former_model=str(path))
     report = model.load_from_pretrained(str(path))
-    extra_block = {k for k in state if k.startswith("visual_encoder.blocks.2.")}
-    assert extra_block
+    extra_block = {k for k in state if k.startswith("visual_encoder.blocks.39.")}
+    assert extra_block and not any(k.startswith("visual_encoder.blocks.39.") for k in model.state_dict())
     _check_handover(model, state, report, extra_dropped=extra_block)
-
-
-@pytest.mark.slow
-def test_retrieval_through_evaluate_py(stage1):
-    """projects/blip2/eval_demo_retrieval.yaml with the stage-1 checkpoint, through evaluate.py."""
-    root = stage1["root"]
-    env = dict(os.environ, LAVIS_LITE_CACHE_ROOT=str(root / "cache"), PYTHONWARNINGS="ignore")
-    _run(["evaluate.py", "--cfg-path", "projects/blip2/eval_demo_retrieval.yaml", "--job-id", "ret", "--options",
-          f"model.checkpoint={stage1['weights']}", f"run.output_dir={root / 'eval'}"], env)
-    metrics = json.load(open(root / "eval" / "ret" / "result" / "test_metrics.json"))
-    for k in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "agg_metrics"):
-        assert 0.0 <= metrics[k] <= 100.0
-    # Far above chance (~10 of ~100 test images at recall@10) even though identical captions tie.
-    assert metrics["img_r10"] > 30.0 and metrics["txt_r10"] > 30.0
