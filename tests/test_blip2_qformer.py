@@ -254,3 +254,20 @@ def test_two_process_forward_matches_whole_batch(tmp_path):
     assert mean.item() == pytest.approx(whole["loss_itc"].item(), rel=1e-5)
     for r in res:
         assert all(v == v and v > 0 for k, v in r["full"].items() if k.startswith("loss")), r["full"]
+
+
+def test_load_pretrained_released_style_file(tmp_path):
+    """load_pretrained + pretrained: a {"model": state} .pth (with the tied LM-head bias alias) loads whole."""
+    torch.manual_seed(1)
+    source = Blip2Qformer.from_pretrained("tiny")
+    state = dict(source.state_dict())
+    state["Qformer.cls.predictions.decoder.bias"] = state["Qformer.cls.predictions.bias"]
+    torch.save({"model": state}, tmp_path / "blip2_pretrained.pth")
+    torch.manual_seed(2)
+    model = Blip2Qformer.from_pretrained("tiny", load_pretrained=True, pretrained=str(tmp_path / "blip2_pretrained.pth"))
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, msg=k)
+    with pytest.raises(ValueError, match="pretrained"):
+        Blip2Qformer.from_pretrained("tiny", load_pretrained=True)
+    with pytest.raises(KeyError, match="Unknown model config key"):
+        Blip2Qformer.from_config({"model_type": "tiny", "vit_size": {}})
