@@ -9,6 +9,8 @@ the metrics recomputed from their own result files.
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -23,6 +25,11 @@ TRAIN_YAML = """
 model:
   arch: minigpt4qwen
   model_type: tiny
+  # every part trains, so the checkpoint holds every weight: ranks of a torchrun evaluation
+  # (seeded seed + rank) then build the same model
+  freeze_vit: False
+  freeze_qformer: False
+  freeze_queries: False
   freeze_llm: False
 datasets:
   instruction:
@@ -149,3 +156,30 @@ def test_evaluate_vqa_and_caption_write_their_metrics(trained):
     for key, value in expected.items():
         assert cap[key] == pytest.approx(value) and on_disk[key] == pytest.approx(value)
     assert cap["agg_metrics"] == pytest.approx(expected["CIDEr"] + expected["Bleu_4"])
+
+
+@pytest.mark.slow
+def test_torchrun_evaluate_merges_two_ranks_to_the_single_process_figures(trained):
+    out = trained["root"] / "eval"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "evaluate.py"), "--cfg-path", os.path.join(PROJECT, "eval_demo_instruction.yaml"),
+           "--job-id", "two", "--options", f"model.checkpoint={trained['ckpt']}", f"run.output_dir={out}",
+           "run.progress_bar=false", "run.max_new_tokens=6"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result_dir = out / "two" / "result"
+    per_rank = [json.loads((result_dir / f"test_instruction_result_rank{r}.json").read_text()) for r in (0, 1)]
+    assert [len(p) for p in per_rank] == [5, 5]  # 10 test conversations, one shard each
+    merged = json.loads((result_dir / "test_instruction_result.json").read_text())
+    with open(trained["out"] / "train" / "result" / "test_instruction_result.json") as f:
+        single = {r["instance_id"]: r for r in json.load(f)}
+    assert sorted(r["instance_id"] for r in merged) == sorted(single)  # none lost, none twice
+    for r in merged:
+        assert r["prediction"] == single[r["instance_id"]]["prediction"]
+        assert r["loss_sum"] == pytest.approx(single[r["instance_id"]]["loss_sum"], rel=1e-5)
+    printed = trained["test_logs"]["test"]
+    metrics = json.loads((result_dir / "test_metrics.json").read_text())
+    for key in ("n", "exact_acc", "contains_acc", "token_acc", "n_tokens"):
+        assert metrics[key] == printed[key], key
+    assert metrics["loss"] == pytest.approx(printed["loss"], rel=1e-5)
