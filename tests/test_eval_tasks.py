@@ -126,20 +126,20 @@ def test_captioning_finds_gt_next_to_annotation_and_errors_without(tmp_path, res
     (tmp_path / "val.json").write_text("[]")
     (tmp_path / "val_gt.json").write_text("{}")
     task.prepare_references(SimpleNamespace(ann_paths=[str(tmp_path / "val.json")]))
-    assert task.gt_file("val") == [str(tmp_path / "val_gt.json")]
+    assert task.ground_truth_files("val") == [str(tmp_path / "val_gt.json")]
     # several datasets in one split (the runner's ConcatDataset): every ground-truth file, once
     a, b = str(tmp_path / "a_gt.json"), str(tmp_path / "b_gt.json")
     for p in (a, b):
         open(p, "w").write("{}")
     parts = [SimpleNamespace(gt_path=a), SimpleNamespace(gt_path=b), SimpleNamespace(gt_path=a)]
     task.prepare_references(SimpleNamespace(datasets=parts))
-    assert task.gt_file("val") == [a, b]
+    assert task.ground_truth_files("val") == [a, b]
     # a missing ground-truth file stops the evaluation before any generation
     with pytest.raises(FileNotFoundError, match="missing_gt.json"):
         task.prepare_references(SimpleNamespace(gt_path=str(tmp_path / "missing_gt.json")))
     task.prepare_references(None)
     with pytest.raises(FileNotFoundError, match="caption_gt_files.val"):
-        task.gt_file("val")
+        task.ground_truth_files("val")
 
 
 # ---- vqa --------------------------------------------------------------------------------------

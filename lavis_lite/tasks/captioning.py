@@ -17,6 +17,10 @@ from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, 
 from lavis_lite.tasks.metrics.caption_eval import coco_caption_eval
 
 
+def _as_list(value) -> list[str]:
+    return [] if not value else [value] if isinstance(value, str) else list(value)
+
+
 @registry.register_task("captioning")
 class CaptionTask(GenerativeEvalTask):
     id_key = "image_id"
@@ -40,16 +44,14 @@ class CaptionTask(GenerativeEvalTask):
             if gt and gt not in files:
                 files.append(gt)
         # Fail before hours of generation, not after.
-        for gt in files + [p for v in self.gt_files.values() for p in ([v] if isinstance(v, str) else v)]:
+        for gt in files + [p for v in self.gt_files.values() for p in _as_list(v)]:
             if not os.path.isfile(gt):
                 raise FileNotFoundError(f"captioning: ground-truth file {gt} does not exist (COCO caption format; "
                                         "for COCO Karpathy it is coco_karpathy_<split>_gt.json)")
         self._dataset_gt = files
 
-    def gt_file(self, split_name: str) -> list[str]:
-        gt = self.gt_files.get(split_name) or self._dataset_gt
-        if isinstance(gt, str):
-            gt = [gt]
+    def ground_truth_files(self, split_name: str) -> list[str]:
+        gt = _as_list(self.gt_files.get(split_name)) or self._dataset_gt
         if not gt:
             raise FileNotFoundError(f"captioning: no ground-truth file for split {split_name!r}; set "
                                     f"run.caption_gt_files.{split_name} or give the dataset a gt_path")
@@ -64,7 +66,7 @@ class CaptionTask(GenerativeEvalTask):
         return [{"image_id": i, "caption": c, "instance_id": k} for i, c, k in zip(ids, captions, inst)]
 
     def compute_metrics(self, records: list[dict], split_name: str) -> dict:
-        scores = coco_caption_eval(self.gt_file(split_name),
+        scores = coco_caption_eval(self.ground_truth_files(split_name),
                                    [{"image_id": r["image_id"], "caption": r["caption"]} for r in records],
                                    metrics=self.metrics)
         agg = scores.get("CIDEr", 0.0) + scores.get("Bleu_4", 0.0)
