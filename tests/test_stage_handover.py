@@ -127,3 +127,17 @@ def test_released_style_blip2_checkpoint_initialises_minigpt4qwen(tmp_path):
     extra_block = {k for k in state if k.startswith("visual_encoder.blocks.39.")}
     assert extra_block and not any(k.startswith("visual_encoder.blocks.39.") for k in model.state_dict())
     _check_handover(model, state, report, extra_dropped=extra_block)
+
+
+@pytest.mark.slow
+def test_retrieval_through_evaluate_py(stage1):
+    """projects/blip2/eval_demo_retrieval.yaml with the stage-1 checkpoint, through evaluate.py."""
+    root = stage1["root"]
+    env = dict(os.environ, LAVIS_LITE_CACHE_ROOT=str(root / "cache"), PYTHONWARNINGS="ignore")
+    _run(["evaluate.py", "--cfg-path", "projects/blip2/eval_demo_retrieval.yaml", "--job-id", "ret", "--options",
+          f"model.checkpoint={stage1['weights']}", f"run.output_dir={root / 'eval'}"], env)
+    metrics = json.load(open(root / "eval" / "ret" / "result" / "test_metrics.json"))
+    for k in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "agg_metrics"):
+        assert 0.0 <= metrics[k] <= 100.0
+    # Far above chance (~10 of ~100 test images at recall@10) even though identical captions tie.
+    assert metrics["img_r10"] > 30.0 and metrics["txt_r10"] > 30.0
