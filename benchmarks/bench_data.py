@@ -73,11 +73,10 @@ def main(argv=None) -> dict:
     from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 
-    tmp = None
+    tmp = tempfile.TemporaryDirectory(prefix="bench_data_")  # generated data and the cache; removed at the end
     processor = BlipImageEvalProcessor(image_size=args.image_size)
     if args.data_dir is None:
         import json
-        tmp = tempfile.TemporaryDirectory(prefix="bench_data_")
         width, height = (int(x) for x in args.source_size.split("x"))
         paths = write_synthetic_photos(os.path.join(tmp.name, "images"), args.n, width, height)
         records = [{"image": os.path.basename(p), "conversations": c}
@@ -97,7 +96,7 @@ def main(argv=None) -> dict:
     if not args.no_cache:
         from lavis_lite.common.feature_cache import describe_transform
         shape = tuple(int(x) for x in args.feature_shape.split(","))
-        cache = FeatureCache(os.path.join(tmp.name if tmp else tempfile.mkdtemp(), "cache"), "qformer",
+        cache = FeatureCache(os.path.join(tmp.name, "cache"), "qformer",
                              describe_transform(processor), "bench-random-weights", dtype="fp16")
         for path in dataset_image_paths(dataset):  # stand-in features: reading cost is what is measured
             cache.put(path, torch.randn(*shape))
@@ -125,8 +124,7 @@ def main(argv=None) -> dict:
     config = {k: v for k, v in vars(args).items()}
     config["n_records"] = len(dataset)
     record = emit("bench_data", config, result)
-    if tmp is not None:
-        tmp.cleanup()
+    tmp.cleanup()
     return record
 
 
