@@ -267,6 +267,11 @@ def test_load_pretrained_released_style_file(tmp_path):
     model = Blip2Qformer.from_pretrained("tiny", load_pretrained=True, pretrained=str(tmp_path / "blip2_pretrained.pth"))
     for k, v in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, msg=k)
+    # The same file as a checkpoint of load_model (strict about unknown keys; the alias is folded in).
+    from lavis_lite.models import load_model
+    loaded = load_model("blip2", "tiny", checkpoint=str(tmp_path / "blip2_pretrained.pth"))
+    torch.testing.assert_close(loaded.Qformer.cls.predictions.bias, source.Qformer.cls.predictions.bias)
+    torch.testing.assert_close(loaded.itm_head.weight, source.itm_head.weight)
     with pytest.raises(ValueError, match="pretrained"):
         Blip2Qformer.from_pretrained("tiny", load_pretrained=True)
     with pytest.raises(KeyError, match="Unknown model config key"):

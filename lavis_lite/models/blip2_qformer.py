@@ -15,6 +15,7 @@ query_tokens, Qformer.bert.*, Qformer.cls.*, vision_proj, text_proj, itm_head, t
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from lavis_lite.common.registry import registry
 from lavis_lite.models import blip2_losses as L
+from lavis_lite.models.base_model import load_state_dict_file
 from lavis_lite.models.bert_tokenizer import init_bert_tokenizer
 from lavis_lite.models.blip2 import Blip2Base
 
@@ -124,6 +126,17 @@ class Blip2Qformer(Blip2Base):
         if cfg.get("checkpoint"):
             model.load_checkpoint(cfg["checkpoint"])
         return model
+
+    def load_checkpoint(self, path_or_state, **kwargs):
+        """As BaseModel's, accepting released BLIP-2 files, which store the LM-head bias twice
+        (``Qformer.cls.predictions.decoder.bias`` is a tied alias of ``...predictions.bias``)."""
+        state = load_state_dict_file(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) \
+            else dict(path_or_state)
+        alias = "Qformer.cls.predictions.decoder.bias"
+        if alias in state and alias not in self.state_dict():
+            bias = state.pop(alias)
+            state.setdefault("Qformer.cls.predictions.bias", bias)
+        return super().load_checkpoint(state, **kwargs)
 
     def train(self, mode: bool = True):
         super().train(mode)
