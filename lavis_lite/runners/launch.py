@@ -86,13 +86,14 @@ def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
         raise SystemExit(f"Configuration error: {err}") from err
     dist_utils.init_distributed_mode(cfg.run_cfg)
     from lavis_lite.runners.runner_base import setup_seeds
-    setup_seeds(cfg.run_cfg)
+    setup_seeds(cfg.run_cfg, per_rank=False)  # identical random init of the model on every rank
     setup_logger()
     job_id = job_id_for(args, cfg)
     cfg.pretty_print()
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
+    setup_seeds(cfg.run_cfg)  # per-rank streams from here on (data order, dropout)
     # run.feature_cache.enabled: training splits read cached frozen-stage features instead of images
     from lavis_lite.common.feature_cache_run import prepare_feature_cache
     datasets = prepare_feature_cache(cfg, model, datasets)

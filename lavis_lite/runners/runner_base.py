@@ -37,9 +37,12 @@ from lavis_lite.tasks.base_task import move_to_device
 logger = logging.getLogger(__name__)
 
 
-def setup_seeds(run_cfg) -> None:
-    """Per-rank seeds (seed + rank); ``deterministic: True`` asks torch for deterministic kernels."""
-    seed = int(run_cfg.get("seed", 42)) + dist_utils.get_rank()
+def setup_seeds(run_cfg, per_rank: bool = True) -> None:
+    """Per-rank seeds (seed + rank); ``deterministic: True`` asks torch for deterministic kernels.
+
+    ``per_rank=False`` seeds every rank alike: used while building the model, so random-init
+    weights that no checkpoint overwrites are the same on every rank."""
+    seed = int(run_cfg.get("seed", 42)) + (dist_utils.get_rank() if per_rank else 0)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     cfg = Config(ConfigArgs(cfg_path=args.cfg_path, options=list(args.options)))
     dist_utils.init_distributed_mode(cfg.run_cfg)
     from lavis_lite.runners.runner_base import setup_seeds
-    setup_seeds(cfg.run_cfg)  # as train.py: a random-init model gets the weights training will get
+    setup_seeds(cfg.run_cfg, per_rank=False)  # as train.py: a random-init model gets the weights training will get
     # the command line wins over run.feature_cache; the switch is on for this tool
     from omegaconf import OmegaConf
     fc = OmegaConf.to_container(cfg.run_cfg.get("feature_cache", None) or {}, resolve=True)
