@@ -19,11 +19,3 @@ def test_model_build_seed_is_rank_independent(monkeypatch):
 def test_per_rank_seeds_differ(monkeypatch):
     assert not torch.equal(_draw(monkeypatch, 0, True), _draw(monkeypatch, 1, True))
 
-
-def test_build_job_seeds_model_alike_then_per_rank():
-    import inspect
-
-    from lavis_lite.runners import launch
-    src = inspect.getsource(launch.build_job)
-    # the rank-independent seed must come before the model is built, the per-rank one after
-    assert src.index("per_rank=False") < src.index("build_model") < src.rindex("setup_seeds(cfg.run_cfg)")
