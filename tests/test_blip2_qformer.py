@@ -118,6 +118,18 @@ def test_each_loss_can_be_switched_off(only):
     assert grads["temp"] == (only == "itc")
     assert grads["Qformer.cls.predictions.decoder.weight"] == (only == "itg")
     assert grads["Qformer.bert.encoder.layer.0.crossattention.self.key.weight"]
+    # Heads of switched-off losses are frozen, so they are not trainable weights of a checkpoint.
+    trainable = set(model.trainable_state_dict())
+    assert ("itm_head.weight" in trainable) == (only == "itm")
+    assert ("temp" in trainable) == (only == "itc")
+    assert ("Qformer.cls.predictions.bias" in trainable) == (only == "itg")
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if only == "itg":
+        # ITG reads the queries' keys/values of every layer, never the last layer's query outputs.
+        last = f"Qformer.bert.encoder.layer.{model.Qformer.config.num_hidden_layers - 1}."
+        no_grad = [n for n in no_grad if not n.startswith((last + "crossattention.", last + "intermediate_query.",
+                                                           last + "output_query."))]
+    assert no_grad == []
 
 
 def test_bad_config_and_input():

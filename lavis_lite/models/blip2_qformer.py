@@ -108,10 +108,25 @@ class Blip2Qformer(Blip2Base):
         self.itm_head = nn.Linear(hidden, 2)
         self.temp = nn.Parameter(0.07 * torch.ones([]))
         self.max_txt_len = max_txt_len
+        self._freeze_unused_heads()
         if load_pretrained:
             if not pretrained:
                 raise ValueError("model.load_pretrained is True but model.pretrained (a checkpoint path) is not set")
             self.load_from_pretrained(pretrained)
+
+    def _freeze_unused_heads(self) -> None:
+        """Heads whose loss is off get no gradient: they stay out of the optimizer's work and of
+        trainable-weights checkpoints, and DDP does not wait for their gradients."""
+        unused = []
+        if not self.losses["itc"]:  # ITM samples negatives from these similarities without gradient
+            unused += [self.vision_proj, self.text_proj, self.temp]
+        if not self.losses["itm"]:
+            unused.append(self.itm_head)
+        if not self.losses["itg"]:
+            unused.append(self.Qformer.cls)
+        for part in unused:
+            for p in ([part] if isinstance(part, nn.Parameter) else part.parameters()):
+                p.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg):
