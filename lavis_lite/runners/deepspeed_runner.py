@@ -74,12 +74,12 @@ def _ensure_process_group() -> None:
     """DeepSpeed needs torch.distributed even for one process: a local gloo group of one."""
     if dist_utils.is_dist_avail_and_initialized():
         return
+    # DeepSpeed reads LOCAL_RANK; RANK / WORLD_SIZE / MASTER_* are not exported, so that child processes
+    # (a later torchrun or train.py) do not mistake themselves for members of this group.
+    os.environ.setdefault("LOCAL_RANK", "0")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"),
-                       ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        os.environ.setdefault(key, value)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
