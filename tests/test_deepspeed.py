@@ -92,7 +92,8 @@ def test_export_deepspeed_checkpoint_loads_into_load_model(tmp_path, stage):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_zero2(tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])  # ZeRO-3 also partitions the frozen embedding
+def test_torchrun_two_processes(tmp_path, stage):
     run_torchrun(tmp_path, "deepspeed_runner", max_epoch=1, accum_grad_iters=2, valid_splits=["val"],
-                 deepspeed_config={"zero_optimization": {"stage": 2}})
+                 deepspeed_config={"zero_optimization": {"stage": stage}})
     assert (tmp_path / "out" / "ddp" / "checkpoint_best" / "deepspeed").is_dir()

@@ -141,14 +141,20 @@ def test_sample_ratio_mixes_two_datasets(tmp_path):
 
 
 TORCHRUN_SCRIPT = r"""
-import os, sys, torch
+import contextlib, os, sys, torch
 sys.path.insert(0, {tests!r})
 import toy_components
 from lavis_lite.runners.launch import build_job
 cfg, task, runner = build_job(["--cfg-path", {cfg!r}, "--job-id", "ddp"])
 runner.train()
 rank = int(os.environ["RANK"])
-state = {{n: p.detach().clone() for n, p in runner.unwrapped_model.named_parameters() if p.requires_grad}}
+named = [(n, p) for n, p in runner.unwrapped_model.named_parameters() if p.requires_grad]
+gather = contextlib.nullcontext()
+if getattr(runner.model, "zero_optimization_stage", lambda: 0)() == 3:  # partitioned: gather full tensors
+    import deepspeed
+    gather = deepspeed.zero.GatheredParameters([p for _, p in named])
+with gather:
+    state = {{n: p.detach().clone() for n, p in named}}
 torch.save(state, os.path.join({out!r}, f"rank{{rank}}.pt"))
 """
 
@@ -171,6 +177,7 @@ def run_torchrun(tmp_path, runner, **run):
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert tuple(ranks[0]["head.weight"].shape) == (16, 32)  # full tensors, not partitions
     for name in ranks[0]:
         torch.testing.assert_close(ranks[0][name], ranks[1][name], msg=name)
     return proc
