@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -168,6 +169,9 @@ class DeepSpeedRunner(RunnerBase):
             import importlib
             importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
         _ensure_process_group()
+        # DeepSpeed's ZeRO collectives still call the renamed torch.distributed functions every step.
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)`"
+                                r" is deprecated", category=FutureWarning)
         config = self.ds_config
         model = model.to(self.device)
         if "optimizer" in config:  # DeepSpeed builds its own (FusedAdam / CPUAdam) over our groups
