@@ -9,19 +9,24 @@ from lavis_lite.common import dist_utils
 from lavis_lite.common.logger import MetricLogger, SmoothedValue, setup_logger
 
 
-def test_single_process_defaults(monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(var, raising=False)
-    info = dist_utils.init_distributed_mode()
-    assert info == {"rank": 0, "world_size": 1, "local_rank": 0, "distributed": False}
-    assert dist_utils.get_rank() == 0 and dist_utils.get_world_size() == 1
-    assert dist_utils.is_main_process() and not dist_utils.is_dist_avail_and_initialized()
-
-    @dist_utils.main_process
-    def f(x):
-        return x * 2
-
-    assert f(3) == 6
+def test_single_process_defaults(tmp_path):
+    # In a fresh interpreter: other tests in this process may have created DeepSpeed's group of one.
+    import subprocess
+    import sys
+    code = (
+        "import os\n"
+        "for v in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'): os.environ.pop(v, None)\n"
+        "from lavis_lite.common import dist_utils as d\n"
+        "info = d.init_distributed_mode()\n"
+        "assert info == {'rank': 0, 'world_size': 1, 'local_rank': 0, 'distributed': False}, info\n"
+        "assert d.get_rank() == 0 and d.get_world_size() == 1\n"
+        "assert d.is_main_process() and not d.is_dist_avail_and_initialized()\n"
+        "f = d.main_process(lambda x: x * 2)\n"
+        "assert f(3) == 6\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_download_cached_file_local_and_file_url(tmp_path):

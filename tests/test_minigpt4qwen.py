@@ -396,3 +396,54 @@ def test_llm_loaded_from_a_local_folder(tmp_path):
     assert torch.equal(model.llm_model.get_input_embeddings().weight[:-1],
                        source.llm_model.get_input_embeddings().weight)
     assert torch.isfinite(model(batch(2))["loss"])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"packing": True}, {"max_txt_len": 64}])
+def test_count_supervised_tokens_equals_forward_n_tokens(overrides):
+    m = build(**overrides).eval()
+    samples = batch(4)
+    samples["conversations"][1] = samples["conversations"][1] + conv("And its colour?", "blue", marks=0)
+    samples["n_images"] = [1, 1, 1, 1]
+    with torch.no_grad():
+        assert m.count_supervised_tokens(samples) == m(samples)["n_tokens"] > 0
+
+
+def test_deepspeed_accumulation_with_minigpt4qwen_is_token_weighted(tmp_path):
+    """Two accumulated micro-batches with different supervised-token counts give the same update as one
+    batch of both (DeepSpeed ZeRO-2, CPU, gloo): the stepper weights by count_supervised_tokens."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from lavis_lite.runners.deepspeed_runner import DeepSpeedStepper
+
+    full = batch(4)
+    full["conversations"][0] = conv("What colour is the shape?", "a rather long answer about red things")
+    halves = [{"image": full["image"][:2], "n_images": [1, 1], "conversations": full["conversations"][:2]},
+              {"image": full["image"][2:], "n_images": [1, 1], "conversations": full["conversations"][2:]}]
+    m0 = build()
+    assert m0.count_supervised_tokens(halves[0]) != m0.count_supervised_tokens(halves[1])
+
+    def train(batches, accum):
+        import deepspeed
+
+        from lavis_lite.runners.deepspeed_runner import _ensure_process_group
+        from lavis_lite.common.optims import ConstantLRScheduler
+        model = build(freeze_llm=True)
+        _ensure_process_group()
+        __import__("deepspeed.comm.torch").comm.torch.build_shm_op = lambda: None  # no JIT build, as the runner
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.5)
+        engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
+            "train_micro_batch_size_per_gpu": len(batches[0]["conversations"]),
+            "gradient_accumulation_steps": accum, "zero_optimization": {"stage": 2},
+            "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9})
+        sched = ConstantLRScheduler(opt, init_lr=0.5)
+        stepper = DeepSpeedStepper(engine, opt, sched, accum, None, torch.device("cpu"))
+        stepper.begin_window(batches, 0, 0)
+        for b in batches:
+            out = engine(b)
+            stepper.backward(out["loss"], out["n_tokens"])
+        return {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+
+    acc, one = train(halves, 2), train([full], 1)
+    for name in acc:
+        torch.testing.assert_close(acc[name], one[name], rtol=1e-5, atol=1e-6, msg=name)

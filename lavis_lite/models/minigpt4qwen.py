@@ -240,6 +240,13 @@ class Minigpt4Qwen(Blip2Base):
         """ChatML ids / labels / attention_mask for a batch (see chatml.ChatMLPreprocessor)."""
         return self.chatml(conversations, n_images, **kwargs)
 
+    def count_supervised_tokens(self, samples: dict) -> int:
+        """Supervised next-token targets of a micro-batch, known before its forward: DeepSpeed's stepper
+        uses it to weight accumulated micro-batches by tokens (the preprocess cache makes it cheap)."""
+        conversations = samples["conversations"]
+        n_images = list(samples.get("n_images") or [1] * len(conversations))
+        return int((self.preprocess(conversations, n_images).labels[:, 1:] != IGNORE_INDEX).sum())
+
     def _supervised_logits(self, inputs_embeds, attention_mask, labels, position_ids=None):
         """Logits only where a next token is supervised (saves the [B, L, vocab] tensor)."""
         targets = labels[:, 1:]
