@@ -73,11 +73,11 @@ def derive_deepspeed_config(run_cfg, world_size: int, cfg_path: str = "the run c
 
 def _ensure_process_group() -> None:
     """DeepSpeed needs torch.distributed even for one process: a local gloo group of one."""
+    # DeepSpeed reads LOCAL_RANK (also when a group exists already); RANK / WORLD_SIZE / MASTER_* are not
+    # exported, so that child processes (a later torchrun or train.py) do not mistake themselves for members.
+    os.environ.setdefault("LOCAL_RANK", "0")
     if dist_utils.is_dist_avail_and_initialized():
         return
-    # DeepSpeed reads LOCAL_RANK; RANK / WORLD_SIZE / MASTER_* are not exported, so that child processes
-    # (a later torchrun or train.py) do not mistake themselves for members of this group.
-    os.environ.setdefault("LOCAL_RANK", "0")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
