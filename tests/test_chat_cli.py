@@ -12,20 +12,9 @@ from PIL import Image
 
 from lavis_lite.chat import ChatSession, parse_command, run_repl, stdin_reader
 from lavis_lite.inference_utils import GenerationSettings, load_model_from_cfg
+from tiny_helpers import TINY_MODEL_YAML, talkative
 
-TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _talkative(model, seed=0):
-    """A freshly initialised tiny model only ever answers newlines (empty after strip) and barely
-    sees the image; larger random weights make answers varied, non-empty and image-dependent."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model
 
 
 class RecordingOut(io.StringIO):
@@ -46,7 +35,7 @@ def tiny(tmp_path_factory):
     cfg = root / "tiny.yaml"
     cfg.write_text(TINY_MODEL_YAML)
     model, image_processor, model_cfg = load_model_from_cfg(str(cfg))
-    _talkative(model)
+    talkative(model)
     paths = []
     for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
         arr = np.full((40, 40, 3), 240, np.uint8)

@@ -11,20 +11,9 @@ from PIL import Image
 
 from lavis_lite.inference_utils import load_image_tensor, load_model_from_cfg
 from lavis_lite.tools.export import export_model, main as export_main
+from tiny_helpers import TINY_MODEL_YAML, talkative
 
-TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
 PROMPTS = ["What is in the picture?", "Which colour?"]
-
-
-def _talkative(model, seed=0):
-    """A freshly initialised tiny model only ever answers newlines (empty after strip) and barely
-    sees the image; larger random weights make answers varied, non-empty and image-dependent."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +22,7 @@ def setup(tmp_path_factory):
     cfg = root / "tiny.yaml"
     cfg.write_text(TINY_MODEL_YAML)
     model, image_processor, model_cfg = load_model_from_cfg(str(cfg))
-    _talkative(model)
+    talkative(model)
     images = []
     for i in range(2):
         path = root / f"img{i}.png"

@@ -3,14 +3,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from lavis_lite.inference_utils import GenerationSettings
 from lavis_lite.predict import (PredictInputError, ResumableJsonlWriter, list_items, main as predict_main,
                                 predict)
+from tiny_helpers import TINY_MODEL_YAML, talkative
 
-TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
 QUESTION = "What is in the picture?"
 SETTINGS = dict(max_new_tokens=5, min_length=1)
 
@@ -20,17 +19,6 @@ def _save_image(path, seed, size=(40, 40)):
     Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
 
 
-def _talkative(model, seed=0):
-    """A freshly initialised tiny model only ever answers newlines (empty after strip) and barely
-    sees the image; larger random weights make answers varied, non-empty and image-dependent."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from lavis_lite.inference_utils import load_model_from_cfg
@@ -38,7 +26,7 @@ def tiny(tmp_path_factory):
     cfg = tmp_path_factory.mktemp("predict_model") / "tiny.yaml"
     cfg.write_text(TINY_MODEL_YAML)
     model, image_processor, _ = load_model_from_cfg(str(cfg))
-    _talkative(model)
+    talkative(model)
     return model, image_processor, str(cfg)
 
 

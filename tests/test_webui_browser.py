@@ -9,12 +9,11 @@ import socket
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from tiny_helpers import TINY_MODEL_YAML, talkative
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
 QUESTION = "what colour is the square"
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "",
@@ -34,17 +33,6 @@ def _norm(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
-def _talkative(model, seed=0):
-    """A freshly initialised tiny model only ever answers newlines (empty after strip) and barely
-    sees the image; larger random weights make answers varied, non-empty and image-dependent."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from lavis_lite.inference_utils import load_model_from_cfg
@@ -53,7 +41,7 @@ def tiny(tmp_path_factory):
     cfg = root / "tiny.yaml"
     cfg.write_text(TINY_MODEL_YAML)
     model, image_processor, model_cfg = load_model_from_cfg(str(cfg))
-    _talkative(model)
+    talkative(model)
     image = root / "red.png"
     arr = np.zeros((48, 48, 3), np.uint8)
     arr[8:40, 8:40] = (220, 30, 30)
