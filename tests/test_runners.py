@@ -187,3 +187,18 @@ def run_torchrun(tmp_path, runner, **run):
 def test_torchrun_two_processes_runner_base(tmp_path):
     run_torchrun(tmp_path, "runner_base", max_epoch=1, accum_grad_iters=2, valid_splits=["val"])
     assert (tmp_path / "out" / "ddp" / "checkpoint_best" / "model.safetensors").is_file()
+
+
+def test_skipped_samples_are_reported_per_epoch(tmp_path):
+    """Under on_error: skip the runner logs each epoch's skipped-sample counts and resets them."""
+    from lavis_lite.datasets.datasets.errors import ErrorPolicy
+
+    r = make_runner(tmp_path, "runner_base", max_epoch=2)
+    policy = ErrorPolicy("skip")
+    train_sets = [by_split["train"] for by_split in r.datasets.values() if "train" in by_split]
+    assert train_sets
+    train_sets[0].skip_report = policy.report
+    policy.counts[0] = torch.tensor([40, 3])  # what workers would have counted during epoch 0
+    (counts,) = r.report_skipped(0).values()
+    assert counts["seen"] == 40 and counts["skipped"] == 3
+    assert r.report_skipped(1) == {}  # counts were reset for the next epoch

@@ -313,6 +313,7 @@ class RunnerBase:
                         getattr(self._model, "show_n_params", lambda: "")())
             for epoch in range(self.start_epoch, self.n_epochs):
                 stats = self.train_one_epoch(epoch)
+                self.report_skipped(epoch)
                 self.log_stats(stats, "train", epoch)
                 self.start_epoch = epoch + 1  # what a checkpoint written from here on resumes at
                 self.validate(epoch)
@@ -323,6 +324,20 @@ class RunnerBase:
             if self.split_names("test_splits") else {}
         logger.info("training time %.1fs", time.time() - start)
         return test_logs
+
+    def report_skipped(self, epoch: int) -> dict:
+        """Per-epoch counts of training samples skipped under ``on_error: skip`` (datasets keep them)."""
+        report = {}
+        for name, by_split in self.datasets.items():
+            for split in self.split_names("train_splits"):
+                dataset = by_split.get(split) if hasattr(by_split, "get") else None
+                if hasattr(dataset, "skip_report"):
+                    counts = dataset.skip_report(reset=True)
+                    if counts.get("skipped") or counts.get("skipped_at_load"):
+                        report[f"{name}/{split}"] = counts
+        if report:
+            logger.warning("epoch %d: bad samples skipped: %s", epoch, report)
+        return report
 
     def global_step(self, epoch: int) -> int:
         """Optimizer steps taken before ``epoch`` starts."""
