@@ -18,7 +18,7 @@ from typing import Callable, Iterator, TextIO
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from lavis_lite.inference_utils import GenerationSettings, ImageLoadError, load_image_tensor
+from lavis_lite.inference_utils import GenerationSettings, add_model_arguments, ImageLoadError, load_image_tensor
 from lavis_lite.models.chatml import IMAGE_MARK
 
 
@@ -277,13 +277,8 @@ def stdin_reader(stream: TextIO, out: TextIO, prompt: str = "you: ") -> Callable
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lavis_lite.chat", description=__doc__.split("\n")[0])
-    parser.add_argument("--cfg-path", required=True, help="model YAML, run YAML or export folder")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint file or export folder")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--image", action="append", default=[], help="image(s) to start with")
-    parser.add_argument("--options", nargs="+", default=[], help="model config overrides key=value")
-    parser.add_argument("--conf", nargs="+", default=[], help="generation settings key=value")
-    return parser
+    return add_model_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,3 +289,14 @@ def load_weights(model, checkpoint: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist")
     logger.info("loaded %s", path)
     return report
+
+
+def add_model_arguments(parser, generation: bool = True):
+    """The arguments every inference tool shares: which model, which weights, where, overrides."""
+    parser.add_argument("--cfg-path", required=True, help="model YAML, run YAML or export folder")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint file or export folder")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--options", nargs="+", default=[], help="model config overrides key=value")
+    if generation:
+        parser.add_argument("--conf", nargs="+", default=[], help="generation settings key=value")
+    return parser

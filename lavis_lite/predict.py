@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from lavis_lite.inference_utils import (IMAGE_EXTENSIONS, GenerationSettings, ImageLoadError,
+from lavis_lite.inference_utils import (IMAGE_EXTENSIONS, GenerationSettings, ImageLoadError, add_model_arguments,
                                         load_image_tensor)
 
 logger = logging.getLogger(__name__)
@@ -211,17 +211,12 @@ def _generate(model, tensors: list[torch.Tensor], questions: list[str], settings
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lavis_lite.predict", description=__doc__.split("\n")[0])
-    parser.add_argument("--cfg-path", required=True, help="model YAML, run YAML or export folder")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint file or export folder")
     parser.add_argument("--images", required=True, help="folder of images or JSONL list")
     parser.add_argument("--question", default=None, help="question asked about every image")
     parser.add_argument("--out", required=True, help="output JSONL (resumed when it exists)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--options", nargs="+", default=[], help="model config overrides key=value")
-    parser.add_argument("--conf", nargs="+", default=[], help="generation settings key=value")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
+    return add_model_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

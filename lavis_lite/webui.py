@@ -13,7 +13,7 @@ import os
 import sys
 
 from lavis_lite.chat import ChatSession
-from lavis_lite.inference_utils import GenerationSettings, ImageLoadError
+from lavis_lite.inference_utils import GenerationSettings, add_model_arguments, ImageLoadError
 
 # Gradio must not phone home (closed networks, tests); set before gradio is imported.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -141,14 +141,9 @@ def build_demo(model, image_processor, defaults: GenerationSettings | None = Non
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lavis_lite.webui", description=__doc__.split("\n")[0])
-    parser.add_argument("--cfg-path", required=True, help="model YAML, run YAML or export folder")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint file or export folder")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--options", nargs="+", default=[], help="model config overrides key=value")
-    parser.add_argument("--conf", nargs="+", default=[], help="default generation settings key=value")
-    return parser
+    return add_model_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
