@@ -18,7 +18,9 @@ def main(argv=None):
     if not splits:
         raise SystemExit("Nothing to evaluate: set run.test_splits (or run.valid_splits) in the run YAML")
     metrics = runner.evaluate(splits, cur_epoch="eval", skip_reload=True)
-    if dist_utils.is_main_process():
+    is_main = dist_utils.is_main_process()
+    dist_utils.shutdown_distributed()
+    if is_main:
         print(json.dumps(metrics, indent=2, default=str))
     return metrics
 

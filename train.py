@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import lavis_lite  # noqa: F401  (registers the built-in components)
+from lavis_lite.common import dist_utils
 from lavis_lite.runners.launch import build_job
 
 
 def main(argv=None):
     _, _, runner = build_job(argv, evaluate_only=False, description="Train a lavis_lite job")
-    return runner.train()
+    logs = runner.train()
+    dist_utils.shutdown_distributed()
+    return logs
 
 
 if __name__ == "__main__":

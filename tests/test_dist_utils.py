@@ -69,3 +69,28 @@ def test_metric_logger_and_smoothed_value(tmp_path):
         if isinstance(h, logging.FileHandler):
             logger.removeHandler(h)
             h.close()
+
+
+def test_shutdown_tears_down_only_the_group_it_created(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import os, torch.distributed as dist\n"
+        "from lavis_lite.common import dist_utils as d\n"
+        "info = d.init_distributed_mode()\n"
+        "assert info['distributed'] and dist.is_initialized()\n"
+        "d.shutdown_distributed()\n"
+        "assert not dist.is_initialized()\n"
+        "dist.init_process_group('gloo', init_method='tcp://127.0.0.1:%d', rank=0, world_size=1)\n"
+        "d.shutdown_distributed()\n"
+        "assert dist.is_initialized()  # not ours: left alone\n"
+        "print('ok')\n" % (port + 1 if port < 65000 else port - 1)
+    )
+    import os
+    env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

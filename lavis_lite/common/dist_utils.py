@@ -37,6 +37,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+_owned_group = False  # True when init_distributed_mode created the process group
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then tear down the group ``init_distributed_mode`` created: a torchrun
+    worker that exits with gloo's threads still running can abort ("terminate called without an
+    active exception"). Groups made by others (e.g. DeepSpeed's group of one) are left alone."""
+    global _owned_group
+    if _owned_group and is_dist_avail_and_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _owned_group = False
+
+
 def main_process(func):
     """Run ``func`` on rank 0 only (returns None elsewhere)."""
     @functools.wraps(func)
@@ -67,6 +81,8 @@ def init_distributed_mode(run_cfg=None) -> dict:
     timeout = datetime.timedelta(minutes=int(_get(run_cfg, "dist_timeout_min", 30)))
     dist.init_process_group(backend=backend, init_method=_get(run_cfg, "dist_url", "env://"),
                             world_size=info["world_size"], rank=info["rank"], timeout=timeout)
+    global _owned_group
+    _owned_group = True
     logger.info("distributed init rank %d/%d backend %s", info["rank"], info["world_size"], backend)
     dist.barrier()
     return info
