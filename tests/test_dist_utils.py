@@ -94,3 +94,8 @@ def test_shutdown_tears_down_only_the_group_it_created(tmp_path):
     env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_broadcast_object_single_process_returns_the_object():
+    obj = {"a": [1, 2]}
+    assert dist_utils.broadcast_object(obj) is obj

@@ -51,6 +51,15 @@ def shutdown_distributed() -> None:
     _owned_group = False
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (every rank must call; ``obj`` itself when not distributed)."""
+    if not is_dist_avail_and_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def main_process(func):
     """Run ``func`` on rank 0 only (returns None elsewhere)."""
     @functools.wraps(func)

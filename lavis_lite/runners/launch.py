@@ -32,15 +32,6 @@ def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _broadcast(value):
-    if dist_utils.is_dist_avail_and_initialized():
-        import torch.distributed as dist
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return value
-
-
 def _auto_job_id(output_dir: str) -> str | None:
     """For ``--resume auto`` without ``--job-id``: the most recent job with a complete checkpoint."""
     if not os.path.isdir(output_dir):
@@ -74,7 +65,7 @@ def job_id_for(args, cfg) -> str:
         job_id = _auto_job_id(out)
     if job_id is None:
         job_id = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
-    return str(_broadcast(job_id))  # every rank writes into the same job directory
+    return str(dist_utils.broadcast_object(job_id))  # every rank writes into the same job directory
 
 
 def build_job(argv=None, evaluate_only: bool = False, description: str = ""):

@@ -17,7 +17,6 @@ import logging
 import os
 
 import torch
-import torch.distributed as dist
 
 from lavis_lite.common import dist_utils
 from lavis_lite.common.registry import registry
@@ -152,9 +151,9 @@ class GenerativeEvalTask(BaseTask):
             try:
                 outcome = self._score_merged(merged_file, result_dir, split_name, epoch)
             except Exception as err:  # the other ranks wait in the broadcast: tell them, then raise
-                broadcast_object(("error", f"{type(err).__name__}: {err}"))
+                dist_utils.broadcast_object(("error", f"{type(err).__name__}: {err}"))
                 raise
-        kind, value = broadcast_object(("ok", outcome)) if dist_utils.is_main_process() else broadcast_object(None)
+        kind, value = dist_utils.broadcast_object(("ok", outcome)) if dist_utils.is_main_process() else dist_utils.broadcast_object(None)
         if kind == "error":
             raise RuntimeError(f"scoring split {split_name!r} failed on rank 0: {value}")
         return value
@@ -171,12 +170,3 @@ class GenerativeEvalTask(BaseTask):
         logger.info("%s metrics (%d records) -> %s\n%s", split_name, len(records), path, json.dumps(metrics, indent=2))
         self._write_metrics(metrics, split_name, epoch)
         return metrics
-
-
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank (every rank must call)."""
-    if not dist_utils.is_dist_avail_and_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -125,7 +125,7 @@ class BaseDatasetBuilder:
                                       f"{key} but {len(storages)} storage paths")
             for k, storage in enumerate(storages):
                 jobs.append((split, resolve_storage(storage), urls[k] if urls else None, md5s[k] if md5s else None))
-        missing = _broadcast_from_main([not os.path.isfile(target) for _, target, _, _ in jobs])
+        missing = dist_utils.broadcast_object([not os.path.isfile(target) for _, target, _, _ in jobs])
         for (split, target, url, md5), is_missing in zip(jobs, missing):
             if is_missing:
                 if url is None:
@@ -197,16 +197,6 @@ class BaseDatasetBuilder:
             if info.get("gt", None):  # ground truth for evaluation (captioning reads dataset.gt_path)
                 datasets[split].gt_path = resolve_storage(info.gt)
         return datasets
-
-
-def _broadcast_from_main(obj):
-    """Rank 0's ``obj`` on every rank (itself when not distributed)."""
-    if not dist_utils.is_dist_avail_and_initialized():
-        return obj
-    import torch.distributed as dist
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None, config_path: str | None = None,
