@@ -32,9 +32,7 @@ def test_every_shipped_model_type_yaml_holds_only_known_keys():
 
     from omegaconf import OmegaConf
 
-    from lavis_lite.models.minigpt4qwen import META_KEYS
-
-    allowed = set(inspect.signature(Minigpt4Qwen.__init__).parameters) - {"self"} | META_KEYS
+    allowed = set(inspect.signature(Minigpt4Qwen.__init__).parameters) - {"self"} | Minigpt4Qwen.CONFIG_META_KEYS
     for model_type in Minigpt4Qwen.PRETRAINED_MODEL_CONFIG_DICT:
         cfg = OmegaConf.load(Minigpt4Qwen.default_config_path(model_type)).model
         assert cfg.model_type == model_type and cfg.arch == "minigpt4qwen"

@@ -63,6 +63,21 @@ class BaseModel(nn.Module):
     def from_config(cls, cfg):  # pragma: no cover - abstract
         raise NotImplementedError(f"{cls.__name__} must implement from_config(cfg)")
 
+    # Config keys that describe the model rather than its constructor arguments.
+    CONFIG_META_KEYS = frozenset({"arch", "model_type", "preprocess", "checkpoint"})
+
+    @classmethod
+    def constructor_kwargs(cls, cfg) -> dict:
+        """The model config as ``__init__`` keyword arguments; an unknown key raises naming it
+        (a misspelt YAML key must not be ignored)."""
+        import inspect
+        cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg or {})
+        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(cfg) - allowed - cls.CONFIG_META_KEYS)
+        if unknown:
+            raise KeyError(f"Unknown model config key(s) {unknown} for {cls.__name__}; known keys: {sorted(allowed)}")
+        return {k: v for k, v in cfg.items() if k in allowed}
+
     @classmethod
     def from_pretrained(cls, model_type: str | None = None, **overrides):
         """Build from the default YAML of ``model_type``; ``overrides`` win over it."""

@@ -33,9 +33,6 @@ logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("itc", "itm", "itg")
 # Keys of a model YAML section that are not constructor arguments.
-META_KEYS = {"arch", "model_type", "preprocess", "checkpoint"}
-
-
 @dataclass
 class BlipOutputFeatures:
     """LAVIS's unified feature output. ``image_embeds`` are the Q-Former's query outputs,
@@ -130,14 +127,7 @@ class Blip2Qformer(Blip2Base):
 
     @classmethod
     def from_config(cls, cfg):
-        import inspect
-
-        cfg = _plain(cfg)
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(cfg) - allowed - META_KEYS)
-        if unknown:
-            raise KeyError(f"Unknown model config key(s) {unknown} for {cls.__name__}; known keys: {sorted(allowed)}")
-        model = cls(**{k: v for k, v in cfg.items() if k in allowed})
+        model = cls(**cls.constructor_kwargs(cfg))
         if cfg.get("checkpoint"):
             model.load_checkpoint(cfg["checkpoint"])
         return model

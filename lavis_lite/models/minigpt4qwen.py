@@ -28,9 +28,6 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("pixels", "vit", "qformer", "proj")
 # Keys of a model YAML section that are not constructor arguments.
-META_KEYS = {"arch", "model_type", "preprocess", "checkpoint"}
-
-
 @registry.register_model("minigpt4qwen")
 class Minigpt4Qwen(Blip2Base):
     PRETRAINED_MODEL_CONFIG_DICT = {
@@ -107,15 +104,7 @@ class Minigpt4Qwen(Blip2Base):
     # ---- construction ------------------------------------------------------
     @classmethod
     def from_config(cls, cfg):
-        from omegaconf import OmegaConf
-        import inspect
-
-        cfg = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(cfg) - allowed - META_KEYS)
-        if unknown:
-            raise KeyError(f"Unknown model config key(s) {unknown} for minigpt4qwen; known keys: {sorted(allowed)}")
-        model = cls(**{k: v for k, v in cfg.items() if k in allowed})
+        model = cls(**cls.constructor_kwargs(cfg))
         if cfg.get("checkpoint"):
             model.load_checkpoint(llm_utils.resolve_local_path(cfg["checkpoint"], "checkpoint", want_dir=False))
         return model
