@@ -165,3 +165,82 @@ def test_processors_pickle(name):
     else:
         a, b = proc(item), clone(item)
     assert torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
+# ---- resize_backend: "tensor" (torch's uint8 antialiased resize) -----------------------------------
+def _photo(w=160, h=120, seed=0):
+    """A JPEG-decoded, photo-like image: smooth gradients plus noise."""
+    import io
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, w)[None, :, None] * np.linspace(0.2, 1, h)[:, None, None] * 255
+    arr = (ramp + rng.normal(0, 20, (h, w, 3))).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+@pytest.mark.parametrize("size", [(160, 120), (640, 480), (50, 90)])
+def test_tensor_resize_backend_within_one_level_of_pil(size):
+    img = _photo(*size)
+    pil = load_processor("blip2_image_eval", {"image_size": 32})
+    ten = load_processor("blip2_image_eval", {"image_size": 32, "resize_backend": "tensor"})
+    assert ten.resize_backend == "tensor" and pil.resize_backend == "pil"
+    a, b = pil(img), ten(img)
+    assert b.shape == a.shape == (3, 32, 32) and b.dtype == torch.float32 and b.is_contiguous()
+    levels = ((a - b) * torch.tensor(CLIP_STD).view(3, 1, 1) * 255).abs()  # back to 0..255 units
+    assert levels.max() <= 1.0 + 1e-3          # rounding, never a real difference
+    assert (levels > 0.5).float().mean() < 0.02  # and rarely even that
+
+
+def test_tensor_resize_backend_is_exact_without_resampling():
+    img = _photo(32, 32)
+    pil = load_processor("blip2_image_eval", {"image_size": 32})
+    ten = load_processor("blip2_image_eval", {"image_size": 32, "resize_backend": "tensor"})
+    assert torch.equal(pil(img), ten(img))
+
+
+def test_resize_backends_have_distinct_cache_descriptions():
+    from lavis_lite.common.feature_cache import describe_transform, is_deterministic_transform
+    pil = load_processor("blip2_image_eval", {"image_size": 32})
+    ten = load_processor("blip2_image_eval", {"image_size": 32, "resize_backend": "tensor"})
+    assert describe_transform(pil) != describe_transform(ten)  # features cached under one never serve the other
+    assert is_deterministic_transform(ten)
+    assert not is_deterministic_transform(load_processor("blip2_image_train", {"resize_backend": "tensor"}))
+
+
+def test_unknown_resize_backend_is_named():
+    with pytest.raises(ValueError, match="resize_backend.*'cv2'"):
+        load_processor("blip2_image_eval", {"resize_backend": "cv2"})
+
+
+def test_train_processor_tensor_backend_seedable_and_full_crop_matches_eval():
+    img = _photo(64, 48)
+    train = load_processor("blip2_image_train", {"image_size": 24, "resize_backend": "tensor"})
+    torch.manual_seed(3)
+    a = train(img)
+    torch.manual_seed(3)
+    assert torch.equal(a, train(img)) and a.shape == (3, 24, 24)
+    lo, hi = _bounds()
+    assert (a >= lo - 1e-5).all() and (a <= hi + 1e-5).all()
+    # scale (1, 1) on a square image crops the whole image: then the train path equals eval
+    square = _photo(48, 48)
+    full = load_processor("blip2_image_train", {"image_size": 24, "min_scale": 1.0, "hflip": False,
+                                                "resize_backend": "tensor"})
+    ev = load_processor("blip2_image_eval", {"image_size": 24, "resize_backend": "tensor"})
+    torch.testing.assert_close(full(square), ev(square))
+
+
+def test_train_tensor_backend_draws_the_same_crops_as_pil_and_pickles():
+    import pickle
+    img = _photo(96, 64, seed=1)
+    pil = load_processor("blip2_image_train", {"image_size": 32})
+    ten = pickle.loads(pickle.dumps(load_processor("blip2_image_train", {"image_size": 32, "resize_backend": "tensor"})))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        a = pil(img)
+        torch.manual_seed(seed)
+        b = ten(img)
+        levels = ((a - b) * torch.tensor(CLIP_STD).view(3, 1, 1) * 255).abs()
+        assert levels.max() <= 1.0 + 1e-3  # same crop and flip, resampling rounds within one level

@@ -1,6 +1,14 @@
-"""BLIP / BLIP-2 image processors: PIL image (any mode) -> float tensor [3, S, S], CLIP-normalised."""
+"""BLIP / BLIP-2 image processors: PIL image (any mode) -> float tensor [3, S, S], CLIP-normalised.
+
+``resize_backend`` picks who resamples: ``pil`` (default; Pillow's bicubic, what BLIP-2 / MiniGPT4-Qwen
+were trained with) or ``tensor`` (torch's uint8 antialiased bicubic on the decoded pixels, ~9x faster
+on CPU for a 640x480 photo; it rounds differently, so about 0.2% of the output pixels differ from
+Pillow's by one level of 255 -- hence opt-in, and a different feature-cache namespace).
+"""
 from __future__ import annotations
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
@@ -26,12 +34,60 @@ def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
     return image.convert("RGB")  # L, 1, I, F, CMYK, YCbCr, P without transparency
 
 
+RESIZE_BACKENDS = ("pil", "tensor")
+
+
+class PILToUint8Tensor:
+    """RGB PIL image -> uint8 tensor [3, H, W] (a channels-last view: torch's uint8 antialiased
+    resize has a vectorised kernel for that layout)."""
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class TensorResize:
+    """Antialiased resize of a uint8 [3, H, W] tensor to ``size`` with torch's interpolate."""
+
+    def __init__(self, size: tuple[int, int], interpolation: str = "bicubic"):
+        self.size, self.interpolation = (int(size[0]), int(size[1])), interpolation
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape[-2:]) == self.size:
+            return image.contiguous()
+        out = torch.nn.functional.interpolate(image[None], size=self.size, mode=self.interpolation, antialias=True)
+        return out[0].contiguous()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, interpolation={self.interpolation}, antialias=True)"
+
+
+class TensorRandomResizedCrop(transforms.RandomResizedCrop):
+    """RandomResizedCrop (same crop sampling) whose resize is :class:`TensorResize`'s uint8 kernel.
+    (torchvision's own tensor path resamples bicubic in float without Pillow's clamping between
+    passes, which lands up to several levels away from Pillow; this stays within one.)"""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, height, width = self.get_params(image, self.scale, self.ratio)
+        crop = image[..., top:top + height, left:left + width]
+        return TensorResize(tuple(self.size), self.interpolation.value)(crop)
+
+
+def _check_backend(resize_backend: str) -> str:
+    if resize_backend not in RESIZE_BACKENDS:
+        raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {resize_backend!r}")
+    return resize_backend
+
+
 class BlipImageBaseProcessor(BaseProcessor):
-    def __init__(self, image_size: int = 224, mean=None, std=None):
+    def __init__(self, image_size: int = 224, mean=None, std=None, resize_backend: str = "pil"):
         super().__init__()
         self.image_size = int(image_size)
         self.mean = tuple(mean) if mean is not None else CLIP_MEAN
         self.std = tuple(std) if std is not None else CLIP_STD
+        self.resize_backend = _check_backend(resize_backend)
         self.normalize = transforms.Normalize(self.mean, self.std)
 
     def __call__(self, item):
@@ -48,23 +104,28 @@ class BlipImageTrainProcessor(BlipImageBaseProcessor):
     ``hflip: False`` for data whose answers depend on left/right (the demo's position questions).
     """
 
-    def __init__(self, image_size=224, mean=None, std=None, min_scale=0.5, max_scale=1.0, hflip=True):
-        super().__init__(image_size, mean, std)
+    def __init__(self, image_size=224, mean=None, std=None, min_scale=0.5, max_scale=1.0, hflip=True,
+                 resize_backend="pil"):
+        super().__init__(image_size, mean, std, resize_backend)
         if not 0 < min_scale <= max_scale <= 1.0:
             raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
         self.min_scale, self.max_scale, self.hflip = float(min_scale), float(max_scale), bool(hflip)
-        steps = [transforms.RandomResizedCrop(self.image_size, scale=(self.min_scale, self.max_scale),
-                                              interpolation=InterpolationMode.BICUBIC)]
+        tensor = self.resize_backend == "tensor"
+        crop = TensorRandomResizedCrop if tensor else transforms.RandomResizedCrop
+        steps = [PILToUint8Tensor()] if tensor else []
+        steps.append(crop(self.image_size, scale=(self.min_scale, self.max_scale),
+                          interpolation=InterpolationMode.BICUBIC))
         if self.hflip:
             steps.append(transforms.RandomHorizontalFlip())
-        steps += [transforms.ToTensor(), self.normalize]
+        steps += [transforms.ConvertImageDtype(torch.float32) if tensor else transforms.ToTensor(), self.normalize]
         self.transform = transforms.Compose(steps)
 
     @classmethod
     def from_config(cls, cfg=None):
         return cls(image_size=cfg_get(cfg, "image_size", 224), mean=cfg_get(cfg, "mean", None),
                    std=cfg_get(cfg, "std", None), min_scale=cfg_get(cfg, "min_scale", 0.5),
-                   max_scale=cfg_get(cfg, "max_scale", 1.0), hflip=cfg_get(cfg, "hflip", True))
+                   max_scale=cfg_get(cfg, "max_scale", 1.0), hflip=cfg_get(cfg, "hflip", True),
+                   resize_backend=cfg_get(cfg, "resize_backend", "pil"))
 
 
 @registry.register_processor("blip_image_eval")
@@ -72,15 +133,16 @@ class BlipImageTrainProcessor(BlipImageBaseProcessor):
 class BlipImageEvalProcessor(BlipImageBaseProcessor):
     """Deterministic: bicubic resize to (image_size, image_size)."""
 
-    def __init__(self, image_size=224, mean=None, std=None):
-        super().__init__(image_size, mean, std)
-        self.transform = transforms.Compose([
-            transforms.Resize((self.image_size, self.image_size), interpolation=InterpolationMode.BICUBIC),
-            transforms.ToTensor(),
-            self.normalize,
-        ])
+    def __init__(self, image_size=224, mean=None, std=None, resize_backend="pil"):
+        super().__init__(image_size, mean, std, resize_backend)
+        size = (self.image_size, self.image_size)
+        if self.resize_backend == "tensor":
+            steps = [PILToUint8Tensor(), TensorResize(size), transforms.ConvertImageDtype(torch.float32)]
+        else:
+            steps = [transforms.Resize(size, interpolation=InterpolationMode.BICUBIC), transforms.ToTensor()]
+        self.transform = transforms.Compose(steps + [self.normalize])
 
     @classmethod
     def from_config(cls, cfg=None):
         return cls(image_size=cfg_get(cfg, "image_size", 224), mean=cfg_get(cfg, "mean", None),
-                   std=cfg_get(cfg, "std", None))
+                   std=cfg_get(cfg, "std", None), resize_backend=cfg_get(cfg, "resize_backend", "pil"))
