@@ -23,6 +23,7 @@ from lavis_lite.models.blip2 import Blip2Base
 from lavis_lite.models.chatml import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_MARK, ChatMLPreprocessor
 from lavis_lite.models import llm as llm_utils
 from lavis_lite.models.packing import arrange_batch
+from lavis_lite.models.shared_prefix import can_share_prefix, forward_with_shared_prefix, shared_prefix_length
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Minigpt4Qwen(Blip2Base):
                  get_lora=False, lora_r=8, lora_alpha=16, lora_dropout=0.05, lora_target_modules=None,
                  lora_include_mlp=False, max_txt_len=512, system_message=DEFAULT_SYSTEM,
                  enable_autocast=False, autocast_dtype="bf16", packing=False, pad_to_max_txt_len=False,
-                 preprocess_cache_size=100_000):
+                 preprocess_cache_size=100_000, share_prefix=True):
         super().__init__()
         if not llm_model and not llm_config:  # fail before building a 1B-parameter ViT
             raise ValueError("Set model.llm_model to a local folder with the LLM (e.g. Qwen-7B-Chat), or give "
@@ -64,6 +65,8 @@ class Minigpt4Qwen(Blip2Base):
         # Batch layout for the LLM (models/packing.py): several conversations per row, or the
         # published recipe's padding to max_txt_len (benchmarks); default pads to the longest sample.
         self.packing, self.pad_to_max_txt_len = bool(packing), bool(pad_to_max_txt_len)
+        # Frozen LLM: run the tokens all rows start with once per batch (models/shared_prefix.py).
+        self.share_prefix = bool(share_prefix)
         self.autocast_dtype = llm_utils.dtype_of(autocast_dtype)
 
         if vit_checkpoint:
@@ -236,12 +239,18 @@ class Minigpt4Qwen(Blip2Base):
         n_images = list(samples.get("n_images") or [1] * len(conversations))
         return int((self.preprocess(conversations, n_images).labels[:, 1:] != IGNORE_INDEX).sum())
 
-    def _supervised_logits(self, inputs_embeds, attention_mask, labels, position_ids=None):
-        """Logits only where a next token is supervised (saves the [B, L, vocab] tensor)."""
-        targets = labels[:, 1:]
-        select = targets != IGNORE_INDEX
+    def _supervised_logits(self, inputs_embeds, attention_mask, labels, position_ids=None, prefix_len=0):
+        """Logits only where a next token is supervised (saves the [B, L, vocab] tensor).
+        ``prefix_len``: leading positions shared by every row, run once (see shared_prefix.py)."""
         decoder = self.llm_model.get_decoder() if hasattr(self.llm_model, "get_decoder") else None
         head = self.llm_model.get_output_embeddings()
+        if prefix_len:
+            hidden = forward_with_shared_prefix(decoder, inputs_embeds, attention_mask, prefix_len)
+            targets = labels[:, prefix_len + 1:]  # position prefix_len + j predicts token prefix_len + j + 1
+            select = targets != IGNORE_INDEX
+            return head(hidden[:, :-1][select]), targets[select]
+        targets = labels[:, 1:]
+        select = targets != IGNORE_INDEX
         if decoder is not None and decoder is not self.llm_model and head is not None:
             hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False).last_hidden_state
@@ -249,6 +258,15 @@ class Minigpt4Qwen(Blip2Base):
         logits = self.llm_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                                 use_cache=False).logits
         return logits[:, :-1][select], targets[select]
+
+    def _shared_prefix_len(self, batch) -> int:
+        if not self.share_prefix or self.packing:
+            return 0
+        decoder = self.llm_model.get_decoder() if hasattr(self.llm_model, "get_decoder") else None
+        if self.llm_model.get_output_embeddings() is None or not can_share_prefix(self.llm_model, decoder):
+            return 0
+        n = shared_prefix_length(batch.input_ids, batch.attention_mask, self.image_token_id)
+        return n if n < batch.input_ids.shape[1] - 1 else 0
 
     def forward(self, samples: dict) -> dict:
         conversations = samples["conversations"]
@@ -260,7 +278,7 @@ class Minigpt4Qwen(Blip2Base):
             layout = arrange_batch(inputs_embeds, batch.attention_mask, batch.labels, batch.lengths,
                                    self.chatml.max_txt_len, self.packing, self.pad_to_max_txt_len,
                                    getattr(self.llm_model.config, "_attn_implementation", "sdpa"))
-            logits, targets = self._supervised_logits(**layout)
+            logits, targets = self._supervised_logits(**layout, prefix_len=self._shared_prefix_len(batch))
         n_tokens = int(targets.numel())
         logits = logits.float()
         if n_tokens == 0:
