@@ -8,9 +8,11 @@ import time
 from _common import synthetic_conversations, write_synthetic_photos
 
 
-def build_disk_data(args, model, workdir):
+def build_disk_data(args, model, workdir, resize_backends=("pil",)):
     """Synthetic 640x480 JPEGs + conversations of varied length, read by the project's InstructionDataset
-    with the eval transform; and the same dataset reading the frozen-feature cache (built here, timed)."""
+    with the eval transform (one dataset per resize backend), and the same dataset reading the
+    frozen-feature cache (built here with the Pillow transform, timed).
+    Returns ({"pil": ..., "tensor": ..., "cache": ...}, cache build seconds)."""
     import json
 
     from lavis_lite.common.feature_cache import attach_feature_cache
@@ -25,13 +27,17 @@ def build_disk_data(args, model, workdir):
     ann = os.path.join(workdir, "bench_train.json")
     with open(ann, "w") as f:
         json.dump(records, f)
-    processor = BlipImageEvalProcessor(image_size=model.visual_encoder.patch_embed.img_size)
-    dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(workdir, "images"), ann_paths=[ann])
+    size = model.visual_encoder.patch_embed.img_size
+    datasets = {backend: InstructionDataset(vis_processor=BlipImageEvalProcessor(image_size=size, resize_backend=backend),
+                                            vis_root=os.path.join(workdir, "images"), ann_paths=[ann])
+                for backend in set(resize_backends) | {"pil"}}
+    dataset, processor = datasets["pil"], datasets["pil"].vis_processor
     cache = cache_for_model(model, processor, os.path.join(workdir, "cache"),
                             dtype="fp32" if args.dtype == "fp32" else args.dtype)
     start = time.perf_counter()
     fill_cache(model, dataset, cache, batch_size=args.batch_size)
-    return dataset, attach_feature_cache(dataset, cache), time.perf_counter() - start
+    datasets["cache"] = attach_feature_cache(dataset, cache)
+    return datasets, time.perf_counter() - start
 
 
 def loader(dataset, args, group: bool = False, epoch: int = 0):

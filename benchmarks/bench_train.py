@@ -6,15 +6,18 @@
     python benchmarks/bench_train.py --size full --device cuda --dtype bf16 --data synthetic \
         --batch-size 32 --modes naive,fast,fast_pack,fast_cache --steps 10 --repeats 2 [--lora] [--find-max-batch]
 
-Modes (``--modes``) are presets, or ``name:key=value,...`` with keys pad (max|longest),
-ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1), joined by "+", e.g. ``mine:pad=max+ckpt=0``:
-  naive            = pad=max,ckpt=1,pack=0,cache=0,group=0  (the published recipe)
-  fast             = pad=longest,ckpt=0,pack=0,cache=0,group=0
+Modes (``--modes``) are presets, or ``name:key=value+...`` starting from ``fast``, with keys pad (max|longest),
+ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1),
+prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor), e.g.
+``mine:pad=max+ckpt=0``:
+  naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0,resize=pil  (the published recipe)
+  fast             = pad=longest,ckpt=0,pack=0,cache=0,group=0,prefix=1,resize=pil (the defaults)
   fast_group       = fast + length-grouped batches (run.length_grouped_sampler)
   fast_pack        = fast + packing
   fast_cache       = fast + frozen-feature cache
   fast_group_cache = fast + length-grouped batches + cache
   fast_pack_cache  = fast + packing + cache
+  fast_tresize, fast_group_tresize = fast, fast_group + resize=tensor (opt-in: within one level of Pillow)
 Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
 timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
 times; medians are reported. Prints one JSON line.
@@ -31,14 +34,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median, synthetic_conversations  # noqa: E402
 from _train_data import SyntheticBatches, build_disk_data, endless, loader  # noqa: E402
 
+_FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil"}
 PRESETS = {
-    "naive": {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0},
-    "fast": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0},
-    "fast_group": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 1},
-    "fast_pack": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 0, "group": 0},
-    "fast_cache": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 1, "group": 0},
-    "fast_group_cache": {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 1, "group": 1},
-    "fast_pack_cache": {"pad": "longest", "ckpt": 0, "pack": 1, "cache": 1, "group": 0},
+    "naive": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0},
+    "fast": dict(_FAST),
+    "fast_group": {**_FAST, "group": 1},
+    "fast_pack": {**_FAST, "pack": 1},
+    "fast_cache": {**_FAST, "cache": 1},
+    "fast_group_cache": {**_FAST, "cache": 1, "group": 1},
+    "fast_pack_cache": {**_FAST, "pack": 1, "cache": 1},
+    # + the opt-in tensor resize (within one level of Pillow's, not identical)
+    "fast_tresize": {**_FAST, "resize": "tensor"},
+    "fast_group_tresize": {**_FAST, "group": 1, "resize": "tensor"},
 }
 # Peak dense bf16 tensor FLOP/s, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -118,13 +125,18 @@ def parse_modes(text: str) -> dict[str, dict]:
                 k, v = kv.split("=")
                 if k not in mode:
                     raise ValueError(f"mode {name!r}: unknown key {k!r}; keys are {sorted(mode)}")
-                mode[k] = v if k == "pad" else int(v)
+                mode[k] = v if k in ("pad", "resize") else int(v)
             modes[name] = mode
         elif item in PRESETS:
             modes[item] = dict(PRESETS[item])
         else:
             raise ValueError(f"unknown mode {item!r}; presets: {sorted(PRESETS)} or name:key=value+key=value")
     return modes
+
+
+def source_key(mode: dict) -> tuple:
+    """Which batch stream a mode reads: cached or decoded, grouped or not, which resize."""
+    return (mode["cache"], mode["group"], "pil" if mode["cache"] else mode.get("resize", "pil"))
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -158,6 +170,7 @@ def configure(model, mode: dict) -> None:
 
     model.pad_to_max_txt_len = mode["pad"] == "max"
     model.packing = bool(mode["pack"])
+    model.share_prefix = bool(mode.get("prefix", 0))
     llm = model.llm_model
     if mode["ckpt"]:
         llm_utils.enable_grad_checkpointing(llm)
@@ -316,20 +329,21 @@ def main(argv=None) -> dict:
 
     workdir = tempfile.TemporaryDirectory(prefix="bench_train_")
     cache_build_s = None
+    keys = {source_key(m) for m in modes.values()}
     if args.data == "disk":
-        raw, cached, cache_build_s = build_disk_data(args, model, workdir.name)
-        sources = {(c, g): endless(lambda e, c=c, g=g: loader(cached if c else raw, args, bool(g), e))
-                   for c in (0, 1) for g in (0, 1)}
+        datasets, cache_build_s = build_disk_data(args, model, workdir.name,
+                                                  resize_backends={r for _, _, r in keys})
+        sources = {(c, g, r): endless(lambda e, c=c, g=g, r=r: loader(datasets["cache" if c else r], args, bool(g), e))
+                   for c, g, r in keys}
     else:
-        sources = {(c, g): iter(SyntheticBatches(model, args, bool(c), bool(g)))
-                   for c, g in {(m["cache"], m["group"]) for m in modes.values()}}
+        sources = {(c, g, r): iter(SyntheticBatches(model, args, bool(c), bool(g))) for c, g, r in keys}
 
     runs = {name: {"samples_per_s": [], "samples_per_cpu_s": [], "tokens_per_s": [], "peak_mem_mb": []}
             for name in modes}
     for _ in range(args.repeats):
         for name, mode in modes.items():
             configure(model, mode)
-            batches = sources[(mode["cache"], mode["group"])]
+            batches = sources[source_key(mode)]
             train_steps(model, optimizer, batches, args.warmup, args.device)
             reset_peak_memory(args.device)
             elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device)
@@ -355,7 +369,7 @@ def main(argv=None) -> dict:
                 figures[name]["samples_per_cpu_s"] / figures[base]["samples_per_cpu_s"], 2)
     if peak or args.device.startswith("cuda"):
         for name, mode in modes.items():
-            batch = next(sources[(mode["cache"], mode["group"])])
+            batch = next(sources[source_key(mode)])
             fps = flops_per_sample(model, batch, mode)
             figures[name]["flops_per_sample"] = fps
             if peak:
