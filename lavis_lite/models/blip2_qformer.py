@@ -25,6 +25,7 @@ from torch import nn
 
 from lavis_lite.common.registry import registry
 from lavis_lite.models import blip2_losses as L
+from lavis_lite.models.attention import set_attn_implementation
 from lavis_lite.models.base_model import load_state_dict_file
 from lavis_lite.models.bert_tokenizer import init_bert_tokenizer
 from lavis_lite.models.blip2 import Blip2Base
@@ -65,7 +66,8 @@ class Blip2Qformer(Blip2Base):
                  vit_sizes: dict | None = None, freeze_vit: bool = True, num_query_token: int = 32,
                  cross_attention_freq: int = 2, qformer_config: dict | None = None, embed_dim: int = 256,
                  max_txt_len: int = 32, tokenizer_vocab: str | None = "tiny", losses: dict | None = None,
-                 load_pretrained: bool = False, pretrained: str | None = None):
+                 load_pretrained: bool = False, pretrained: str | None = None,
+                 vision_attn_implementation: str = "sdpa"):
         super().__init__()
         if tokenizer_vocab is None:
             raise ValueError("model.tokenizer_vocab is not set: give the path of a local bert-base-uncased "
@@ -110,6 +112,8 @@ class Blip2Qformer(Blip2Base):
             if not pretrained:
                 raise ValueError("model.load_pretrained is True but model.pretrained (a checkpoint path) is not set")
             self.load_from_pretrained(pretrained)
+        for module in (self.visual_encoder, self.Qformer):
+            set_attn_implementation(module, vision_attn_implementation)  # models/attention.py
 
     def _freeze_unused_heads(self) -> None:
         """Heads whose loss is off get no gradient: they stay out of the optimizer's work and of

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lavis_lite.models.attention import attention
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -74,6 +76,7 @@ class Attention(nn.Module):
         else:
             self.q_bias = self.v_bias = None
         self.attn_drop = attn_drop
+        self.attn_implementation = "sdpa"  # or "eager" (models/attention.py)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -84,7 +87,8 @@ class Attention(nn.Module):
             bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        out = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0,
+                        implementation=self.attn_implementation)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavis_lite.common.registry import registry
+from lavis_lite.models.attention import set_attn_implementation
 from lavis_lite.models.blip2 import Blip2Base
 from lavis_lite.models.chatml import DEFAULT_SYSTEM, IGNORE_INDEX, IMAGE_MARK, ChatMLPreprocessor
 from lavis_lite.models import llm as llm_utils
@@ -48,7 +49,7 @@ class Minigpt4Qwen(Blip2Base):
                  get_lora=False, lora_r=8, lora_alpha=16, lora_dropout=0.05, lora_target_modules=None,
                  lora_include_mlp=False, max_txt_len=512, system_message=DEFAULT_SYSTEM,
                  enable_autocast=False, autocast_dtype="bf16", packing=False, pad_to_max_txt_len=False,
-                 preprocess_cache_size=100_000, share_prefix=True):
+                 preprocess_cache_size=100_000, share_prefix=True, vision_attn_implementation="sdpa"):
         super().__init__()
         if not llm_model and not llm_config:  # fail before building a 1B-parameter ViT
             raise ValueError("Set model.llm_model to a local folder with the LLM (e.g. Qwen-7B-Chat), or give "
@@ -77,6 +78,8 @@ class Minigpt4Qwen(Blip2Base):
         self.Qformer, self.query_tokens = self.init_Qformer(
             num_query_token, self.visual_encoder.num_features, cross_attention_freq, qformer_config)
         self.num_query_token = int(num_query_token)
+        for module in (self.visual_encoder, self.Qformer):
+            set_attn_implementation(module, vision_attn_implementation)
 
         self.llm_family = llm_family
         image_token = image_token or llm_utils.family_info(llm_family)["image_token"]

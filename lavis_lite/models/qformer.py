@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavis_lite.models.attention import attention
+
 
 @dataclass
 class QformerConfig:
@@ -158,6 +160,7 @@ class QformerSelfAttention(nn.Module):
         self.key = nn.Linear(kv_width, cfg.hidden_size)
         self.value = nn.Linear(kv_width, cfg.hidden_size)
         self.dropout_p = cfg.attention_dropout
+        self.attn_implementation = "sdpa"  # or "eager" (models/attention.py)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -169,8 +172,8 @@ class QformerSelfAttention(nn.Module):
         if past_key_value is not None:
             k = torch.cat((past_key_value[0], k), dim=2)
             v = torch.cat((past_key_value[1], v), dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout_p if self.training else 0.0)
+        out = attention(q, k, v, mask, dropout_p=self.dropout_p if self.training else 0.0,
+                        implementation=self.attn_implementation)
         batch, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(batch, length, -1), (k, v)
 
