@@ -202,3 +202,31 @@ def test_skipped_samples_are_reported_per_epoch(tmp_path):
     (counts,) = r.report_skipped(0).values()
     assert counts["seen"] == 40 and counts["skipped"] == 3
     assert r.report_skipped(1) == {}  # counts were reset for the next epoch
+
+
+@pytest.mark.parametrize("impl,foreach", [("auto", True), ("foreach", True), ("for_loop", False)])
+def test_optimizer_impl_switch_and_same_update(tmp_path, impl, foreach):
+    """run.optimizer_impl picks AdamW's implementation; every choice gives the same update."""
+    r = make_runner(tmp_path / impl, optimizer_impl=impl)
+    opt = r.optimizer
+    assert isinstance(opt, torch.optim.AdamW) and bool(opt.defaults["foreach"]) == foreach
+    assert not opt.defaults.get("fused")  # CPU: never the fused CUDA kernel
+    params = [p for g in opt.param_groups for p in g["params"]]
+    torch.manual_seed(0)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    sums = torch.stack([p.detach().double().sum() for p in params])
+    ref = make_runner(tmp_path / f"{impl}_ref", optimizer_impl="for_loop")
+    ref_params = [p for g in ref.optimizer.param_groups for p in g["params"]]
+    torch.manual_seed(0)
+    for p in ref_params:
+        p.grad = torch.randn_like(p)
+    ref.optimizer.step()
+    torch.testing.assert_close(sums, torch.stack([p.detach().double().sum() for p in ref_params]))
+
+
+def test_unknown_optimizer_impl_is_named(tmp_path):
+    r = make_runner(tmp_path, optimizer_impl="adamw8bit")
+    with pytest.raises(ValueError, match="run.optimizer_impl.*'adamw8bit'"):
+        r.optimizer

@@ -53,6 +53,21 @@ def setup_seeds(run_cfg, per_rank: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
+
+
+def adamw_implementation(choice: str, device: torch.device) -> dict:
+    """``run.optimizer_impl``: AdamW keyword arguments. ``auto``: one fused kernel for all parameters on
+    CUDA, multi-tensor (foreach) updates elsewhere; ``for_loop``: one parameter at a time (the
+    published recipes' default before torch 2)."""
+    if choice not in OPTIMIZER_IMPLS:
+        raise ValueError(f"run.optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {choice!r}")
+    if choice == "auto":
+        choice = "fused" if device.type == "cuda" else "foreach"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True},
+            "for_loop": {"foreach": False, "fused": False}}[choice]
+
+
 class RunnerBase(CheckpointingMixin):
     iteration_based: bool | None = None  # None: decided by whether run.iters is set
 
@@ -206,8 +221,7 @@ class RunnerBase(CheckpointingMixin):
     def build_optimizer(self):
         beta2 = float(self.run_cfg.get("beta2", 0.999))
         groups = [g for g in self.optimizer_param_groups() if g["params"]]
-        # one fused kernel for all parameters on CUDA, multi-tensor (foreach) updates elsewhere
-        impl = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        impl = adamw_implementation(self.run_cfg.get("optimizer_impl", "auto"), self.device)
         return torch.optim.AdamW(groups, lr=float(self.run_cfg.init_lr), betas=(0.9, beta2), **impl)
 
     @property
