@@ -8,9 +8,11 @@
 
 Modes (``--modes``) are presets, or ``name:key=value+...`` starting from ``fast``, with keys pad (max|longest),
 ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1),
-prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor), e.g.
-``mine:pad=max+ckpt=0``:
-  naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0,resize=pil  (the published recipe)
+prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor),
+attn (model.vision_attn_implementation sdpa|eager), opt (run.optimizer_impl auto|foreach|for_loop|fused),
+e.g. ``mine:pad=max+ckpt=0``:
+  naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0  (the published recipe's LLM batch layout)
+  published        = naive + attn=eager + opt=for_loop  (the published code's kernels too)
   fast             = pad=longest,ckpt=0,pack=0,cache=0,group=0,prefix=1,resize=pil (the defaults)
   fast_group       = fast + length-grouped batches (run.length_grouped_sampler)
   fast_pack        = fast + packing
@@ -34,9 +36,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median, synthetic_conversations  # noqa: E402
 from _train_data import SyntheticBatches, build_disk_data, endless, loader  # noqa: E402
 
-_FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil"}
+_FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil",
+         "attn": "sdpa", "opt": "auto"}
+_TEXT_KEYS = ("pad", "resize", "attn", "opt")
 PRESETS = {
     "naive": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0},
+    # naive + the published code's eager ViT / Q-Former attention and per-parameter AdamW
+    "published": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0, "attn": "eager", "opt": "for_loop"},
     "fast": dict(_FAST),
     "fast_group": {**_FAST, "group": 1},
     "fast_pack": {**_FAST, "pack": 1},
@@ -125,7 +131,7 @@ def parse_modes(text: str) -> dict[str, dict]:
                 k, v = kv.split("=")
                 if k not in mode:
                     raise ValueError(f"mode {name!r}: unknown key {k!r}; keys are {sorted(mode)}")
-                mode[k] = v if k in ("pad", "resize") else int(v)
+                mode[k] = v if k in _TEXT_KEYS else int(v)
             modes[name] = mode
         elif item in PRESETS:
             modes[item] = dict(PRESETS[item])
@@ -171,6 +177,9 @@ def configure(model, mode: dict) -> None:
     model.pad_to_max_txt_len = mode["pad"] == "max"
     model.packing = bool(mode["pack"])
     model.share_prefix = bool(mode.get("prefix", 0))
+    from lavis_lite.models.attention import set_attn_implementation
+    for module in (model.visual_encoder, model.Qformer):
+        set_attn_implementation(module, mode.get("attn", "sdpa"))
     llm = model.llm_model
     if mode["ckpt"]:
         llm_utils.enable_grad_checkpointing(llm)
@@ -323,9 +332,10 @@ def main(argv=None) -> dict:
     modes = parse_modes(args.modes)
     model = build_model(args)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    fused_ok = args.device.startswith("cuda")
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05,
-                                  **({"fused": True} if fused_ok else {"foreach": True}))
+    from lavis_lite.runners.runner_base import adamw_implementation
+    optimizers = {impl: torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05,
+                                          **adamw_implementation(impl, torch.device(args.device)))
+                  for impl in {m.get("opt", "auto") for m in modes.values()}}
 
     workdir = tempfile.TemporaryDirectory(prefix="bench_train_")
     cache_build_s = None
@@ -344,6 +354,7 @@ def main(argv=None) -> dict:
         for name, mode in modes.items():
             configure(model, mode)
             batches = sources[source_key(mode)]
+            optimizer = optimizers[mode.get("opt", "auto")]
             train_steps(model, optimizer, batches, args.warmup, args.device)
             reset_peak_memory(args.device)
             elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device)
@@ -377,7 +388,8 @@ def main(argv=None) -> dict:
     if args.find_max_batch and args.device.startswith("cuda"):
         for name, mode in modes.items():
             configure(model, mode)
-            figures[name]["max_batch"] = find_max_batch(model, optimizer, args, mode, bool(mode["cache"]))
+            figures[name]["max_batch"] = find_max_batch(model, optimizers[mode.get("opt", "auto")], args, mode,
+                                                        bool(mode["cache"]))
     if cache_build_s is not None:
         figures["cache_build_s"] = round(cache_build_s, 2)
     figures["llm_tokens"] = llm_token_stats(model, args)

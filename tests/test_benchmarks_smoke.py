@@ -50,7 +50,7 @@ def test_bench_data(capsys):
 
 @pytest.mark.slow
 def test_bench_train(capsys):
-    r = run_bench("bench_train", ["--size", "tiny", "--modes", "naive,fast_group_tresize,fast_group_cache", "--n-records", "16",
+    r = run_bench("bench_train", ["--size", "tiny", "--modes", "published,naive,fast_group_tresize,fast_group_cache", "--n-records", "16",
                                   "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
                                   "--source-size", "64x48"], capsys)
     f = r["figures"]
@@ -60,7 +60,7 @@ def test_bench_train(capsys):
         assert f[mode]["samples_per_s"] > 0 and f[mode]["peak_mem_mb"] > 0
     assert f["naive"]["speedup_vs_naive"] == 1.0
     assert r["config"]["modes"]["naive"] == {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0,
-                                             "prefix": 0, "resize": "pil"}
+                                             "prefix": 0, "resize": "pil", "attn": "sdpa", "opt": "auto"}
     assert r["config"]["modes"]["fast_group_tresize"]["resize"] == "tensor"
     t = f["llm_tokens"]
     assert t["packed"] <= t["pad_to_longest"] <= t["pad_to_max"] and t["real_tokens"] <= t["packed"]
@@ -85,7 +85,9 @@ def test_bench_train_rejects_unknown_mode_key():
     finally:
         sys.path.remove(BENCH_DIR)
     assert module.parse_modes("naive,mine:pad=max+pack=0+resize=tensor")["mine"] == {
-        "pad": "max", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "tensor"}
+        "pad": "max", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "tensor",
+        "attn": "sdpa", "opt": "auto"}
+    assert module.parse_modes("published")["published"]["attn"] == "eager"
     with pytest.raises(ValueError, match="unknown key"):
         module.parse_modes("x:flash=1")
     with pytest.raises(ValueError, match="unknown mode"):
