@@ -3,6 +3,9 @@ and, for comparison, the same loader reading the frozen-feature cache instead of
 
     python benchmarks/bench_data.py --n 256 --source-size 640x480 --image-size 224 --workers 0,2 --seconds 5
 
+``--resize-backends pil,tensor`` measures the eval transform with Pillow's resize (figures
+``images_per_*``) and with the processor's ``resize_backend: tensor`` (``tensor_resize_images_per_*``).
+
 Prints one JSON line. Without --data-dir, COCO-sized synthetic JPEGs (photo-like statistics) and
 instruction records are generated in a temporary folder; --data-dir reads demo-format data
 (``python -m lavis_lite.datasets.demo``).
@@ -29,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", default="0,2", help="comma-separated DataLoader worker counts")
     p.add_argument("--seconds", type=float, default=5.0, help="time per measurement")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
+    p.add_argument("--resize-backends", default="pil,tensor",
+                   help="comma-separated image-processor resize backends to measure (pil, tensor)")
     p.add_argument("--no-cache", action="store_true", help="skip the feature-cache loader")
     p.add_argument("--feature-shape", default="32,768", help="cached feature shape per image (Q-Former output)")
     p.add_argument("--threads", type=int, default=1,
@@ -69,12 +74,14 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
 
-    from lavis_lite.common.feature_cache import FeatureCache, attach_feature_cache, dataset_image_paths
+    from lavis_lite.common.feature_cache import (FeatureCache, attach_feature_cache, copy_with_processor,
+                                                 dataset_image_paths)
     from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_data_")  # generated data and the cache; removed at the end
     processor = BlipImageEvalProcessor(image_size=args.image_size)
+    backends = [b.strip() for b in args.resize_backends.split(",") if b.strip()]
     if args.data_dir is None:
         import json
         width, height = (int(x) for x in args.source_size.split("x"))
@@ -90,7 +97,11 @@ def main(argv=None) -> dict:
         dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(args.data_dir, "images"),
                                      ann_paths=[os.path.join(args.data_dir, "instruction", "train.json")])
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    figures = {f"images_per_s_workers_{w}": [] for w in workers}
+    # one dataset per resize backend, same records; figure names: "" for pil, "tensor_resize_" else
+    variants = {("" if b == "pil" else f"{b}_resize_"): dataset if b == "pil" else
+                copy_with_processor(dataset, BlipImageEvalProcessor(args.image_size, resize_backend=b))
+                for b in backends}
+    figures = {f"{v}images_per_s_workers_{w}": [] for v in variants for w in workers}
 
     cached = None
     if not args.no_cache:
@@ -105,15 +116,17 @@ def main(argv=None) -> dict:
             figures[f"cached_features_per_s_workers_{w}"] = []
 
     if 0 in workers:
-        figures["images_per_cpu_s"] = []
+        for v in variants:
+            figures[f"{v}images_per_cpu_s"] = []
         if cached is not None:
             figures["cached_features_per_cpu_s"] = []
     for _ in range(args.repeats):
         for w in workers:
-            wall, cpu = images_per_second(dataset, args.batch_size, w, args.seconds)
-            figures[f"images_per_s_workers_{w}"].append(wall)
-            if cpu is not None:
-                figures["images_per_cpu_s"].append(cpu)
+            for v, data in variants.items():
+                wall, cpu = images_per_second(data, args.batch_size, w, args.seconds)
+                figures[f"{v}images_per_s_workers_{w}"].append(wall)
+                if cpu is not None:
+                    figures[f"{v}images_per_cpu_s"].append(cpu)
             if cached is not None:
                 wall, cpu = images_per_second(cached, args.batch_size, w, args.seconds)
                 figures[f"cached_features_per_s_workers_{w}"].append(wall)

@@ -45,6 +45,7 @@ def test_bench_data(capsys):
                                  "--workers", "0", "--seconds", "0.3", "--feature-shape", "8,64"], capsys)
     f = r["figures"]
     assert f["images_per_s_workers_0"] > 0 and f["cached_features_per_s_workers_0"] > 0
+    assert f["tensor_resize_images_per_s_workers_0"] > 0 and f["tensor_resize_images_per_cpu_s"] > 0
     assert r["config"]["n_records"] > 0
 
 
