@@ -43,7 +43,6 @@ def parse_args(argv=None):
 
 
 def images_per_second(dataset, batch_size: int, workers: int, seconds: float) -> float:
-    import torch
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
