@@ -4,7 +4,9 @@
 
 Runs on one CPU core (affinity + one torch thread + no tokenizer threads). ``epoch1`` is the first
 pass over the conversations (every text tokenised), ``epoch2+`` the later passes (tokenised turns
-cached per record when the model's text cache is on). Prints one JSON line.
+cached per record when the model's text cache is on). ``fast_tokenize``: the exact pre-token memo in
+front of the tokenizer (models/fast_tokenize.py) was used; ``--no-fast-tokenize`` turns it off. Prints
+one JSON line.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=5.0, help="minimum time of the epoch2+ measurement")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--all-cores", action="store_true", help="do not pin to one core")
+    p.add_argument("--no-fast-tokenize", action="store_true",
+                   help="plain Rust tokenizer call per text (no pre-token memo), for comparison")
     return p.parse_args(argv)
 
 
@@ -58,6 +62,17 @@ def one_pass(pre, convs, batch_size) -> tuple[float, float]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     core = None if args.all_cores else pin_to_one_core()
+    from lavis_lite.models import fast_tokenize
+    previous, fast_tokenize.enabled = fast_tokenize.enabled, not args.no_fast_tokenize
+    try:
+        figures = measure(args, fast_tokenize)
+    finally:
+        fast_tokenize.enabled = previous  # in-process callers (tests) keep their setting
+    config = dict(vars(args), pinned_core=core)
+    return emit("bench_preprocess", config, figures)
+
+
+def measure(args, fast_tokenize) -> dict:
     convs = synthetic_conversations(args.n, seed=0)
     epoch1, later, epoch1_cpu, later_cpu = [], [], [], []
     for _ in range(args.repeats):
@@ -70,15 +85,16 @@ def main(argv=None) -> dict:
             rates.append(one_pass(pre, convs, args.batch_size))
         later.append(median([r[0] for r in rates]))
         later_cpu.append(median([r[1] for r in rates]))
-    sample = build_preprocessor(args.model_type, args.max_txt_len)(convs[:64], [1] * 64)
+    sample_pre = build_preprocessor(args.model_type, args.max_txt_len)
+    sample = sample_pre(convs[:64], [1] * 64)
     figures = {"conversations_per_s_epoch1": round(median(epoch1)), "conversations_per_s_epoch2plus": round(median(later)),
                "conversations_per_cpu_s_epoch1": round(median(epoch1_cpu)),
                "conversations_per_cpu_s_epoch2plus": round(median(later_cpu)),
                "runs_epoch1": [round(x) for x in epoch1], "runs_epoch2plus": [round(x) for x in later],
                "mean_tokens_per_conversation": round(sum(sample.lengths) / len(sample.lengths), 1),
-               "text_cache": bool(getattr(build_preprocessor(args.model_type, args.max_txt_len), "cache_size", 0))}
-    config = dict(vars(args), pinned_core=core)
-    return emit("bench_preprocess", config, figures)
+               "text_cache": bool(getattr(build_preprocessor(args.model_type, args.max_txt_len), "cache_size", 0)),
+               "fast_tokenize": fast_tokenize.fast_tokenizer(sample_pre.tokenizer) is not None}
+    return figures
 
 
 if __name__ == "__main__":

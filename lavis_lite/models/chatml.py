@@ -50,17 +50,18 @@ def encode_plain(tokenizer, texts: list[str]) -> list[list[int]]:
     if type(tokenizer).__name__ == "QWenTokenizer" and hasattr(tiktoken_enc, "encode"):
         # Qwen-1's remote tokenizer wraps tiktoken: disallowed_special=() encodes specials as text.
         return [tiktoken_enc.encode(t, allowed_special=set(), disallowed_special=()) for t in texts]
+    from lavis_lite.models.fast_tokenize import fast_tokenizer, rust_encode  # lazy: keeps `regex` off import
+
+    fast = fast_tokenizer(tokenizer)
+    if fast is not None:
+        # byte-level BPE: pre-token memo, exact (fast_tokenize.py); Rust only for unseen pieces
+        return fast.encode(texts)
     backend = getattr(tokenizer, "_tokenizer", None)  # a fast tokenizer's Rust tokenizer
     if (backend is not None and hasattr(backend, "encode_batch_fast") and hasattr(backend, "encode_special_tokens")
             and backend.truncation is None and backend.padding is None):
         # What tokenizer(..., split_special_tokens=True) does, without its per-text Python wrapping
         # (half of the first-epoch preprocess time); ids only, no offsets.
-        previous = backend.encode_special_tokens
-        backend.encode_special_tokens = True
-        try:
-            return [enc.ids for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]
-        finally:
-            backend.encode_special_tokens = previous
+        return rust_encode(backend, texts)
     return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
