@@ -5,6 +5,7 @@ import random
 import re
 
 import pytest
+import torch
 
 from lavis_lite.models import fast_tokenize as ft
 from lavis_lite.models import llm as llm_utils
@@ -214,3 +215,22 @@ def test_trained_vocab_with_many_merges_is_exact(layout):
     assert encode_plain(tok, texts) == want
     assert encode_plain(tok, texts) == want
     assert fast.n_fast > 1.5 * len(texts)
+
+
+def test_model_switch_fast_tokenize_off_gives_the_same_batch(monkeypatch):
+    """model.fast_tokenize: False skips the memo (the plain Rust call) and encodes identically."""
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    convs = [[{"from": "human", "value": "<ImageHere> What's this?  Tell me."}, {"from": "gpt", "value": "A cat, I'd say."}],
+             [{"from": "human", "value": "<ImageHere> 日本語 and émoji 🙂"}, {"from": "gpt", "value": "ok\n\nsure"}]]
+    on = Minigpt4Qwen.from_pretrained("tiny", preprocess_cache_size=0)
+    off = Minigpt4Qwen.from_pretrained("tiny", preprocess_cache_size=0, fast_tokenize=False)
+    assert on.chatml.fast_tokenize and not off.chatml.fast_tokenize
+    used = []
+    real = ft.fast_tokenizer
+    monkeypatch.setattr(ft, "fast_tokenizer", lambda tok: used.append(tok) or real(tok))
+    b_off = off.preprocess(convs, [1, 1])
+    assert used == []
+    b_on = on.preprocess(convs, [1, 1])
+    assert len(used) == 1
+    assert torch.equal(b_on.input_ids, b_off.input_ids) and torch.equal(b_on.labels, b_off.labels)

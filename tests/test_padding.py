@@ -130,7 +130,8 @@ def test_preprocess_caches_encoded_records_and_pads_to_longest(monkeypatch):
     assert first.input_ids.shape[1] == max(first.lengths)
     calls = []
     real = chatml.encode_plain
-    monkeypatch.setattr(chatml, "encode_plain", lambda tok, texts: calls.append(list(texts)) or real(tok, texts))
+    monkeypatch.setattr(chatml, "encode_plain",
+                        lambda tok, texts, **kw: calls.append(list(texts)) or real(tok, texts, **kw))
     again = pre(convs, [1, 1])
     assert calls == [[]]  # nothing left to tokenise
     for a, b in ((first.input_ids, again.input_ids), (first.labels, again.labels),

@@ -42,8 +42,9 @@ def token_id(tokenizer, token: str) -> int:
     return int(idx)
 
 
-def encode_plain(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Tokenise user/assistant text with special tokens neutralised (typed as plain text)."""
+def encode_plain(tokenizer, texts: list[str], fast: bool = True) -> list[list[int]]:
+    """Tokenise user/assistant text with special tokens neutralised (typed as plain text).
+    ``fast``: use the exact pre-token memo (fast_tokenize.py) where the tokenizer allows it."""
     if not texts:
         return []
     tiktoken_enc = getattr(tokenizer, "tokenizer", None)
@@ -52,10 +53,10 @@ def encode_plain(tokenizer, texts: list[str]) -> list[list[int]]:
         return [tiktoken_enc.encode(t, allowed_special=set(), disallowed_special=()) for t in texts]
     from lavis_lite.models.fast_tokenize import fast_tokenizer, rust_encode  # lazy: keeps `regex` off import
 
-    fast = fast_tokenizer(tokenizer)
-    if fast is not None:
+    memo = fast_tokenizer(tokenizer) if fast else None
+    if memo is not None:
         # byte-level BPE: pre-token memo, exact (fast_tokenize.py); Rust only for unseen pieces
-        return fast.encode(texts)
+        return memo.encode(texts)
     backend = getattr(tokenizer, "_tokenizer", None)  # a fast tokenizer's Rust tokenizer
     if (backend is not None and hasattr(backend, "encode_batch_fast") and hasattr(backend, "encode_special_tokens")
             and backend.truncation is None and backend.padding is None):
@@ -90,13 +91,14 @@ class ChatBatch:
 class ChatMLPreprocessor:
     def __init__(self, tokenizer, image_token: str, num_query_token: int, max_txt_len: int = 512,
                  system_message: str = DEFAULT_SYSTEM, pad_token_id: int | None = None,
-                 cache_size: int = 100_000):
+                 cache_size: int = 100_000, fast_tokenize: bool = True):
         self.tokenizer = tokenizer
         # Encoded samples by conversation content (+ image count, mode): a record seen again (next
         # epoch) skips tokenisation and assembly. Keyed by the text itself, so a non-deterministic
         # text processor only lowers the hit rate, never returns stale ids. At most ``cache_size``
         # entries (~1 KB each as int32 arrays); 0 turns it off.
         self.cache_size = int(cache_size)
+        self.fast_tokenize = bool(fast_tokenize)  # exact pre-token memo in front of the tokenizer
         self._cache: dict = {}
         self.num_query_token = int(num_query_token)
         self.max_txt_len = int(max_txt_len)
@@ -168,7 +170,7 @@ class ChatMLPreprocessor:
                 raise ConversationError(f"sample {s} has {n_images[s]} image(s) but only "
                                         f"{n_images[s] - left} {IMAGE_MARK} mark(s) in its user turns")
             plans.append(plan)
-        encoded = encode_plain(self.tokenizer, texts)
+        encoded = encode_plain(self.tokenizer, texts, fast=self.fast_tokenize)
         image_run = [self.image_token_id] * self.num_query_token
         # 2) assemble per sample, one block per turn
         ids_out, labels_out, used_out = [], [], []

@@ -49,7 +49,8 @@ class Minigpt4Qwen(Blip2Base):
                  get_lora=False, lora_r=8, lora_alpha=16, lora_dropout=0.05, lora_target_modules=None,
                  lora_include_mlp=False, max_txt_len=512, system_message=DEFAULT_SYSTEM,
                  enable_autocast=False, autocast_dtype="bf16", packing=False, pad_to_max_txt_len=False,
-                 preprocess_cache_size=100_000, share_prefix=True, vision_attn_implementation="sdpa"):
+                 preprocess_cache_size=100_000, fast_tokenize=True, share_prefix=True,
+                 vision_attn_implementation="sdpa"):
         super().__init__()
         if not llm_model and not llm_config:  # fail before building a 1B-parameter ViT
             raise ValueError("Set model.llm_model to a local folder with the LLM (e.g. Qwen-7B-Chat), or give "
@@ -92,7 +93,7 @@ class Minigpt4Qwen(Blip2Base):
         self.llm_proj = nn.Linear(self.Qformer.config.hidden_size, self.llm_model.config.hidden_size)
         self.chatml = ChatMLPreprocessor(self.llm_tokenizer, image_token, num_query_token, max_txt_len,
                                          system_message, llm_utils.pad_token_id(self.llm_tokenizer, llm_family),
-                                         cache_size=preprocess_cache_size)
+                                         cache_size=preprocess_cache_size, fast_tokenize=fast_tokenize)
         self.image_token_id = self.chatml.image_token_id
 
         if q_former_model:
