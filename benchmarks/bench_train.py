@@ -1,7 +1,7 @@
 """Training throughput of MiniGPT4-Qwen: samples/s, supervised tokens/s, peak memory, (GPU) MFU.
 
-    # CPU, bench size, naive vs optimised vs optimised + feature cache, interleaved, medians:
-    python benchmarks/bench_train.py --size bench --modes naive,fast,fast_pack,fast_cache --steps 8 --repeats 3
+    # CPU, bench size, naive vs optimised vs + feature cache, interleaved, one epoch (256 records) per repeat, medians:
+    python benchmarks/bench_train.py --size bench --modes naive,fast,fast_group,fast_group_tresize,fast_group_cache --steps 32 --repeats 3
     # GPU, full size (EVA-ViT-G + Q-Former + Qwen-7B-shaped LLM, random weights, bf16):
     python benchmarks/bench_train.py --size full --device cuda --dtype bf16 --data synthetic \
         --batch-size 32 --modes naive,fast,fast_pack,fast_cache --steps 10 --repeats 2 [--lora] [--find-max-batch]
