@@ -9,6 +9,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from lavis_lite.models.packing import (IGNORE_INDEX, block_causal_mask, pack_sequences, pad_sequences,
                                        padding_stats, plan_rows)
+from tiny_helpers import mixed_conversations
 
 
 def tiny_qwen2(attn="sdpa", dtype=torch.float32):
@@ -133,14 +134,7 @@ def test_block_causal_mask_matches_plain_causal_for_one_segment():
 
 # ---- the model's switch: Minigpt4Qwen(packing=True) --------------------------------------------
 def _conversations():
-    long_answer = "a red circle on a white background near the left edge of the picture " * 3
-    return [
-        [{"from": "human", "value": "<ImageHere> What colour is it?"}, {"from": "gpt", "value": "red"}],
-        [{"from": "human", "value": "<ImageHere> Describe the image."}, {"from": "gpt", "value": long_answer}],
-        [{"from": "human", "value": "<ImageHere><ImageHere> Same shape?"}, {"from": "gpt", "value": "yes"},
-         {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "no, blue and green"}],
-        [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": "hi, how can I help"}],
-    ]
+    return mixed_conversations(3)
 
 
 def test_model_packing_switch_gives_the_same_loss_and_grads():

@@ -5,17 +5,11 @@ import torch
 
 from lavis_lite.models import shared_prefix as sp
 from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+from tiny_helpers import mixed_conversations
 
 
 def _conversations():
-    long_answer = "a red circle on a white background near the left edge of the picture " * 2
-    return [
-        [{"from": "human", "value": "<ImageHere> What colour is it?"}, {"from": "gpt", "value": "red"}],
-        [{"from": "human", "value": "<ImageHere> Describe the image."}, {"from": "gpt", "value": long_answer}],
-        [{"from": "human", "value": "<ImageHere><ImageHere> Same shape?"}, {"from": "gpt", "value": "yes"},
-         {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "no, blue and green"}],
-        [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": "hi, how can I help"}],
-    ]
+    return mixed_conversations(2)
 
 
 def _samples():

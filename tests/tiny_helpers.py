@@ -1,4 +1,4 @@
-"""Shared by the inference-tool tests: the tiny model's YAML and a way to make its answers informative."""
+"""Shared by tests: the tiny model's YAML, a way to make its answers informative, a mixed batch of conversations."""
 import torch
 
 TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
@@ -13,3 +13,15 @@ def talkative(model, seed=0):
             if param.dim() >= 2:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
     return model
+
+
+def mixed_conversations(repeat_answer: int = 3):
+    """Four conversations with 1, 1, 2 and 0 images, one multi-turn, one long answer."""
+    long_answer = "a red circle on a white background near the left edge of the picture " * repeat_answer
+    return [
+        [{"from": "human", "value": "<ImageHere> What colour is it?"}, {"from": "gpt", "value": "red"}],
+        [{"from": "human", "value": "<ImageHere> Describe the image."}, {"from": "gpt", "value": long_answer}],
+        [{"from": "human", "value": "<ImageHere><ImageHere> Same shape?"}, {"from": "gpt", "value": "yes"},
+         {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "no, blue and green"}],
+        [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": "hi, how can I help"}],
+    ]
