@@ -283,13 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lavis_lite.inference_utils import load_model_from_cfg
+    from lavis_lite.inference_utils import load_model_from_cfg, settings_from_args
 
-    settings = GenerationSettings()
-    try:
-        settings.update_from_strings(args.conf)
-    except ValueError as err:
-        print(f"error: --conf: {err}", file=sys.stderr)
+    settings = settings_from_args(args)
+    if settings is None:
         return 2
     print("loading model ...", flush=True)
     model, image_processor, _ = load_model_from_cfg(args.cfg_path, args.checkpoint, args.device, args.options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from typing import Any, Iterable
 
 import torch
@@ -300,3 +301,14 @@ def add_model_arguments(parser, generation: bool = True):
     if generation:
         parser.add_argument("--conf", nargs="+", default=[], help="generation settings key=value")
     return parser
+
+
+def settings_from_args(args) -> "GenerationSettings | None":
+    """The tool's ``--conf key=value`` generation settings; None (after printing why) when invalid."""
+    settings = GenerationSettings()
+    try:
+        settings.update_from_strings(args.conf)
+    except ValueError as err:
+        print(f"error: --conf: {err}", file=sys.stderr)
+        return None
+    return settings

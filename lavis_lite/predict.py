@@ -221,11 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lavis_lite.inference_utils import load_model_from_cfg
+    from lavis_lite.inference_utils import load_model_from_cfg, settings_from_args
 
-    settings = GenerationSettings()
+    settings = settings_from_args(args)
+    if settings is None:
+        return 2
     try:
-        settings.update_from_strings(args.conf)
         items = list_items(args.images, args.question)
     except (ValueError, PredictInputError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -148,13 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from lavis_lite.inference_utils import load_model_from_cfg
+    from lavis_lite.inference_utils import load_model_from_cfg, settings_from_args
 
-    defaults = GenerationSettings()
-    try:
-        defaults.update_from_strings(args.conf)
-    except ValueError as err:
-        print(f"error: --conf: {err}", file=sys.stderr)
+    defaults = settings_from_args(args)
+    if defaults is None:
         return 2
     model, image_processor, _ = load_model_from_cfg(args.cfg_path, args.checkpoint, args.device, args.options)
     demo = build_demo(model, image_processor, defaults)
