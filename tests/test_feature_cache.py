@@ -222,16 +222,10 @@ def test_model_cache_invalidated_by_weights_and_transform(demo_dir, tmp_path):
         cache_for_model(model, p32, tmp_path)
 
 
-def test_cache_features_tool_and_run_switch(demo_dir, tmp_path):
-    """`python -m lavis_lite.tools.cache_features` fills the cache; run.feature_cache.enabled makes the
-    train split read it, with the loss of the eval-transformed images."""
-    from lavis_lite.common.config import Config, ConfigArgs
-    from lavis_lite.common.feature_cache_run import prepare_feature_cache
-    from lavis_lite.common.registry import registry
-    from lavis_lite.tools import cache_features
-
-    run_yaml = tmp_path / "run.yaml"
-    run_yaml.write_text(f"""
+def _cached_run_yaml(demo_dir, tmp_path, run_extra: str = "") -> str:
+    """A run YAML training the tiny model on the demo data with the feature cache on;
+    ``run_extra``: more indented ``run:`` lines."""
+    return f"""
 model: {{arch: minigpt4qwen, model_type: tiny}}
 datasets:
   instruction:
@@ -243,8 +237,21 @@ datasets:
       eval: {{name: blip2_image_eval, image_size: 32}}
 run:
   task: instruction_tuning
-  feature_cache: {{enabled: true, root: {tmp_path}/features, dtype: fp32}}
-""")
+  device: cpu
+  feature_cache: {{enabled: true, root: {tmp_path}/features}}
+{run_extra}"""
+
+
+def test_cache_features_tool_and_run_switch(demo_dir, tmp_path):
+    """`python -m lavis_lite.tools.cache_features` fills the cache; run.feature_cache.enabled makes the
+    train split read it, with the loss of the eval-transformed images."""
+    from lavis_lite.common.config import Config, ConfigArgs
+    from lavis_lite.common.feature_cache_run import prepare_feature_cache
+    from lavis_lite.common.registry import registry
+    from lavis_lite.tools import cache_features
+
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(_cached_run_yaml(demo_dir, tmp_path))  # feature_cache dtype: fp32 by default
     summary = cache_features.main(["--cfg-path", str(run_yaml), "--device", "cpu"])
     (info,) = summary["caches"].values()
     assert info["stage"] == "qformer" and info["entries"] > 0
@@ -273,20 +280,8 @@ def test_train_py_reads_the_cache(demo_dir, tmp_path):
     from lavis_lite.runners.launch import build_job
 
     run_yaml = tmp_path / "train.yaml"
-    run_yaml.write_text(f"""
-model: {{arch: minigpt4qwen, model_type: tiny}}
-datasets:
-  instruction:
-    build_info:
-      annotations: {{train: {{storage: {demo_dir}/instruction/train.json}}}}
-      images: {{storage: {demo_dir}/images}}
-    vis_processor:
-      train: {{name: blip2_image_train, image_size: 32}}
-      eval: {{name: blip2_image_eval, image_size: 32}}
-run:
-  task: instruction_tuning
+    run_yaml.write_text(_cached_run_yaml(demo_dir, tmp_path, """
   runner: runner_base
-  device: cpu
   seed: 42
   lr_sched: constant_lr
   init_lr: 1.0e-3
@@ -297,9 +292,8 @@ run:
   amp: false
   progress_bar: false
   train_splits: [train]
-  output_dir: {tmp_path}/out
-  feature_cache: {{enabled: true, root: {tmp_path}/features}}
-""")
+  output_dir: {tmp}/out
+""".format(tmp=tmp_path)))
     cfg, task, runner = build_job(["--cfg-path", str(run_yaml), "--job-id", "cached"])
     train_set = runner.datasets["instruction"]["train"]
     assert len(train_set.feature_cache) > 0
@@ -338,21 +332,7 @@ def test_cache_features_tool_under_torchrun_two_ranks(demo_dir, tmp_path):
     import socket
 
     run_yaml = tmp_path / "run.yaml"
-    run_yaml.write_text(f"""
-model: {{arch: minigpt4qwen, model_type: tiny}}
-datasets:
-  instruction:
-    build_info:
-      annotations: {{train: {{storage: {demo_dir}/instruction/train.json}}}}
-      images: {{storage: {demo_dir}/images}}
-    vis_processor:
-      train: {{name: blip2_image_train, image_size: 32}}
-      eval: {{name: blip2_image_eval, image_size: 32}}
-run:
-  task: instruction_tuning
-  device: cpu
-  feature_cache: {{enabled: true, root: {tmp_path}/features}}
-""")
+    run_yaml.write_text(_cached_run_yaml(demo_dir, tmp_path))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
