@@ -185,6 +185,36 @@ def test_datasets_expand_turns_and_check_records(data, procs, tmp_path):
         DialogueDataset(vp, tp, root, [str(bad)])
 
 
+def test_missing_feature_file_follows_on_error(data, procs, tmp_path):
+    """A dialogue whose video features are missing: named error (file, record) under raise; under
+    skip the next good sample stands in and the skip is counted (BaseDataset's policy)."""
+    import shutil
+
+    from lavis_lite.datasets.datasets.errors import DataError
+    root, paths = data
+    vp, tp = procs
+    with open(paths["train"]) as f:
+        dialogs = json.load(f)["dialogs"][:3]
+    ann = tmp_path / "three.json"
+    ann.write_text(json.dumps({"dialogs": dialogs}))
+    features = tmp_path / "features"
+    shutil.copytree(os.path.join(root, "features"), features)
+    gone = dialogs[1]["image_id"]
+    removed = [f for f in features.rglob(f"{gone}.npy")]
+    assert removed
+    for f in removed:
+        f.unlink()
+    strict = DialogueDataset(vp, tp, str(features), [str(ann)])
+    first_bad = len(dialogs[0]["dialog"])
+    assert strict.annotation[first_bad]["image_id"] == gone
+    with pytest.raises(DataError, match=r"three\.json.*record 1.*" + gone):
+        strict[first_bad]
+    lenient = DialogueDataset(vp, tp, str(features), [str(ann)], on_error="skip", max_skip_fraction=0.9)
+    sample = lenient[first_bad]
+    assert sample["image_id"] == dialogs[2]["image_id"]  # the next good sample stands in
+    assert lenient.skip_report()["skipped"] == len(dialogs[1]["dialog"])
+
+
 def test_collater_pads_and_masks(data, procs):
     root, paths = data
     vp, tp = procs

@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import os
 
-import torch
-from torch.utils.data import Dataset
 
+from lavis_lite.datasets.datasets.base_dataset import BaseDataset
 from lavis_lite.datasets.datasets.errors import DataError, ErrorPolicy, record_error
 
 from .processors import IGNORE_INDEX
 
 
-def read_dialogs(path: str, policy: ErrorPolicy | None = None) -> list[dict]:
-    """Load and check one annotation file. A bad record raises an error naming the file, the
-    record and the video, or is skipped and counted under ``on_error: skip``."""
+def read_dialogs(path: str, policy: ErrorPolicy | None = None) -> list[tuple[int, dict]]:
+    """Load and check one annotation file: (record index, dialogue) pairs. A bad record raises an
+    error naming the file, the record and the video, or is skipped and counted under ``on_error: skip``."""
     policy = policy or ErrorPolicy("raise")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Annotation file {path!r} does not exist")
@@ -38,7 +37,7 @@ def read_dialogs(path: str, policy: ErrorPolicy | None = None) -> list[dict]:
         if problem:
             policy.on_bad_record(record_error(repr(path), i, problem))
         else:
-            dialogs.append(dialog)
+            dialogs.append((i, dialog))
     policy.check_load(path)
     return dialogs
 
@@ -56,26 +55,32 @@ def _check_dialog(dialog) -> str | None:
     return None
 
 
-class DialogueDataset(Dataset):
+class DialogueDataset(BaseDataset):
     """One sample per turn: ``{**dialog, "dialog": earlier turns, "question", "answer"}``.
 
     The constructor matches what ``BaseDatasetBuilder.build`` passes: ``vis_root`` is the
-    feature root (``<vis_root>/<feature name>/<video_id>.npy``).
+    feature root (``<vis_root>/<feature name>/<video_id>.npy``). A dialogue expands into several
+    samples, so records are read here instead of by ``BaseDataset.__init__``; the rest of the
+    bad-input policy is BaseDataset's: a missing or corrupt feature file raises naming the file and
+    record, or under ``on_error: skip`` the next good sample stands in and the skip is counted.
     """
 
     def __init__(self, vis_processor, text_processor, vis_root: str, ann_paths: list[str],
                  on_error: str = "raise", max_skip_fraction: float = 0.05):
-        self.vis_processor, self.text_processor = vis_processor, text_processor
-        self.feature_root = vis_root
-        policy = ErrorPolicy(on_error, max_skip_fraction)
-        self.annotation = []
-        for path in ann_paths:
-            for dialog in read_dialogs(path, policy):
-                self.annotation += self.expand(dialog)
+        self.vis_root = self.feature_root = vis_root
+        self.ann_paths = [str(p) for p in ann_paths]
+        self.policy = ErrorPolicy(on_error, max_skip_fraction)
+        self.annotation, self._sources = [], []
+        for path in self.ann_paths:
+            for index, dialog in read_dialogs(path, self.policy):
+                samples = self.expand(dialog)
+                self.annotation += samples
+                self._sources += [(path, index)] * len(samples)
         if not self.annotation:
-            raise DataError(f"empty split: {list(ann_paths)} hold no usable dialogues")
+            raise DataError(f"empty split: {self.ann_paths} hold no usable dialogues")
         for i, ann in enumerate(self.annotation):
             ann["instance_id"] = str(i)
+        self.set_processors(vis_processor, text_processor)
 
     @staticmethod
     def expand(dialog: dict) -> list[dict]:
@@ -83,10 +88,7 @@ class DialogueDataset(Dataset):
         return [{**dialog, "dialog": turns[:k], "question": t["question"], "answer": t["answer"]}
                 for k, t in enumerate(turns)]
 
-    def __len__(self) -> int:
-        return len(self.annotation)
-
-    def __getitem__(self, index: int) -> dict:
+    def load_sample(self, index: int) -> dict:
         ann = self.annotation[index]
         video = self.vis_processor(self.feature_root, ann["image_id"])
         text = self.text_processor(ann)
