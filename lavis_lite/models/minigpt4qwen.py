@@ -243,31 +243,34 @@ class Minigpt4Qwen(Blip2Base):
         n_images = list(samples.get("n_images") or [1] * len(conversations))
         return int((self.preprocess(conversations, n_images).labels[:, 1:] != IGNORE_INDEX).sum())
 
+    def _decoder(self):
+        """The LLM without its head (transformers' ``get_decoder``), or None."""
+        decoder = self.llm_model.get_decoder() if hasattr(self.llm_model, "get_decoder") else None
+        return decoder if decoder is not self.llm_model else None
+
     def _supervised_logits(self, inputs_embeds, attention_mask, labels, position_ids=None, prefix_len=0):
         """Logits only where a next token is supervised (saves the [B, L, vocab] tensor).
         ``prefix_len``: leading positions shared by every row, run once (see shared_prefix.py)."""
-        decoder = self.llm_model.get_decoder() if hasattr(self.llm_model, "get_decoder") else None
-        head = self.llm_model.get_output_embeddings()
+        decoder, head = self._decoder(), self.llm_model.get_output_embeddings()
+        hidden = logits = None
         if prefix_len:
             hidden = forward_with_shared_prefix(decoder, inputs_embeds, attention_mask, prefix_len)
-            targets = labels[:, prefix_len + 1:]  # position prefix_len + j predicts token prefix_len + j + 1
-            select = targets != IGNORE_INDEX
-            return head(hidden[:, :-1][select]), targets[select]
-        targets = labels[:, 1:]
-        select = targets != IGNORE_INDEX
-        if decoder is not None and decoder is not self.llm_model and head is not None:
+        elif decoder is not None and head is not None:
             hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=False).last_hidden_state
+        else:
+            logits = self.llm_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                    position_ids=position_ids, use_cache=False).logits
+        targets = labels[:, prefix_len + 1:]  # output position j predicts token prefix_len + j + 1
+        select = targets != IGNORE_INDEX
+        if hidden is not None:
             return head(hidden[:, :-1][select]), targets[select]
-        logits = self.llm_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                use_cache=False).logits
         return logits[:, :-1][select], targets[select]
 
     def _shared_prefix_len(self, batch) -> int:
-        if not self.share_prefix or self.packing:
+        if not self.share_prefix or self.packing or self.llm_model.get_output_embeddings() is None:
             return 0
-        decoder = self.llm_model.get_decoder() if hasattr(self.llm_model, "get_decoder") else None
-        if self.llm_model.get_output_embeddings() is None or not can_share_prefix(self.llm_model, decoder):
+        if not can_share_prefix(self.llm_model, self._decoder()):
             return 0
         n = shared_prefix_length(batch.input_ids, batch.attention_mask, self.image_token_id)
         return n if n < batch.input_ids.shape[1] - 1 else 0
