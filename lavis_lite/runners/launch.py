@@ -81,7 +81,7 @@ def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
     setup_logger()
     job_id = job_id_for(args, cfg)
     cfg.pretty_print()
-    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
+    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg=cfg)  # LAVIS: setup_task(cfg=cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     setup_seeds(cfg.run_cfg)  # per-rank streams from here on (data order, dropout)

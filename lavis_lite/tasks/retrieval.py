@@ -19,6 +19,7 @@ import torch.distributed as dist
 from lavis_lite.common import dist_utils
 from lavis_lite.common.logger import MetricLogger
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import RetrievalKeys
 from lavis_lite.tasks.base_task import BaseTask, _unwrap, move_to_device
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def _with_captions_from_files(records: list[dict], ann_paths: list[str]) -> list
 
 @registry.register_task("retrieval")
 class RetrievalTask(BaseTask):
+    run_schema = RetrievalKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     def __init__(self, cfg=None, k_test: int = 128, text_batch_size: int = 256, **kwargs):
         super().__init__(cfg=cfg, **kwargs)
         self.k_test, self.text_batch_size = int(k_test), int(text_batch_size)

@@ -183,7 +183,9 @@ class BaseDatasetBuilder:
         datasets = {}
         for split, info in self._split_infos().items():
             is_train = split == "train"
-            cls = self.train_dataset_cls if is_train else self.eval_dataset_cls
+            cls = self.train_dataset_cls if is_train else (self.eval_dataset_cls or self.train_dataset_cls)
+            if cls is None:
+                raise ConfigError(f"builder {type(self).__name__} sets no train_dataset_cls for split {split!r}")
             kwargs = dict(
                 vis_processor=self.vis_processors["train" if is_train else "eval"],
                 text_processor=self.text_processors["train" if is_train else "eval"],
@@ -192,11 +194,25 @@ class BaseDatasetBuilder:
                 on_error=self.config.get("on_error", "raise"),
                 max_skip_fraction=float(self.config.get("max_skip_fraction", 0.05)),
             )
-            datasets[split] = cls(**kwargs)
+            datasets[split] = cls(**_accepted_kwargs(cls, kwargs))
             datasets[split].name = self.name
             if info.get("gt", None):  # ground truth for evaluation (captioning reads dataset.gt_path)
                 datasets[split].gt_path = resolve_storage(info.gt)
         return datasets
+
+
+def _accepted_kwargs(cls, kwargs: dict) -> dict:
+    """A LAVIS-style dataset takes (vis_processor, text_processor, vis_root, ann_paths) only: pass it
+    just the arguments its __init__ names (all of them when it takes **kwargs)."""
+    import inspect
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    dropped = [k for k in kwargs if k not in params]
+    if dropped and kwargs.get("on_error", "raise") != "raise":
+        logger.warning("%s.__init__ takes no %s: on_error=%r does not apply to it", cls.__name__, dropped,
+                       kwargs["on_error"])
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None, config_path: str | None = None,
