@@ -42,6 +42,7 @@ class RunKeys:
     deterministic: bool = False
     evaluate: bool = False
     resume_ckpt_path: Optional[str] = None
+    overwrite: bool = False  # --overwrite: move an earlier run in the job folder aside (runners/job_folder.py)
     # schedule
     max_epoch: Optional[int] = None
     iters: Optional[int] = None
