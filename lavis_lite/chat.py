@@ -175,6 +175,9 @@ class ChatTurn:
 # ---------------------------------------------------------------------------------------
 # Commands and the read-eval-print loop
 # ---------------------------------------------------------------------------------------
+NO_IMAGE_NOTE = "(no image loaded: the answer uses the text only; add one with :image PATH)"
+
+
 def parse_command(line: str) -> tuple[str, str]:
     """``":image a.png"`` -> ``("image", "a.png")``; a question -> ``("ask", text)``; blank -> ("", "")."""
     line = line.strip()
@@ -234,6 +237,8 @@ def run_repl(session: ChatSession, read_line: Callable[[], str | None], out: Tex
             except ValueError as err:
                 say(f"error: {err}")
         elif cmd == "ask":
+            if not session.images:  # text-only chat is allowed, but never by accident
+                say(NO_IMAGE_NOTE)
             out.write("model: ")
             out.flush()
             try:
@@ -297,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"added image {len(session.images)}: {path}")
         except ImageLoadError as err:
             print(f"error: {err}")
+    if not session.images:
+        print("no image loaded: chatting with text only until you add one with :image PATH")
     run_repl(session, stdin_reader(sys.stdin, sys.stdout), sys.stdout)
     return 0
 

@@ -16,6 +16,7 @@ from an interrupted run is dropped), so an interrupted run resumes without dupli
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import logging
 import os
@@ -238,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     except PredictInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # every finished answer is already in --out; the same command skips them and goes on
+        again = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        print(f"\ninterrupted: the answers so far are in {args.out}. To resume, run the same command again:\n"
+              f"  python -m lavis_lite.predict {again}", file=sys.stderr)
+        return 130
     print(f"{args.out}: {counts['answered']} answered, {counts['errors']} unreadable, "
           f"{counts['skipped']} already done")
     return 0

@@ -13,6 +13,8 @@ import os
 import sys
 
 from lavis_lite.chat import ChatSession
+
+NO_IMAGE_NOTE = "No image loaded: this answer uses your text only. Upload an image to ask about it."
 from lavis_lite.inference_utils import GenerationSettings, add_model_arguments, ImageLoadError
 
 # Gradio must not phone home (closed networks, tests); set before gradio is imported.
@@ -89,6 +91,10 @@ class WebChat:
             chat_log.append({"role": "assistant", "content": f"error: {err}"})
             yield question, chat_log, session
             return
+        if not session.images and not getattr(session, "told_no_image", False):
+            # text-only chat stays allowed; say so once, so nobody believes the model saw a picture
+            chat_log.append({"role": "assistant", "content": NO_IMAGE_NOTE})
+            session.told_no_image = True
         chat_log.append({"role": "user", "content": question})
         chat_log.append({"role": "assistant", "content": ""})
         yield "", chat_log, session

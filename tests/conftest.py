@@ -63,7 +63,11 @@ def pytest_runtest_makereport(item, call):
                        f"(.ci/run does: Java, Chromium) or mark it gpu / may_skip if the skip is legitimate.")
 
 
-def pytest_collectreport(report):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
     if _ci() and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"CI=true: test module {report.nodeid} was skipped at collection ({report.longrepr})"
+        report.longrepr = f"CI=true: test module {report.nodeid} was skipped at collection ({reason})"

@@ -172,3 +172,51 @@ def drop_records_from(job_dir: str, epoch: int) -> int:
     if dropped:
         logger.info("resume at epoch %d: removed %d records of a killed attempt from the job's logs", epoch, dropped)
     return dropped
+
+
+# ---- paths that work from any working directory ---------------------------------------------------
+MODEL_PATH_KEYS = ("q_former_model", "checkpoint", "vit_checkpoint", "llm_model", "tokenizer", "finetuned",
+                   "pretrained")
+DATASET_PATH_KEYS = ("storage", "gt")
+
+
+def _absolute_local(value, base: str):
+    """A relative local path that exists under ``base`` -> absolute; URLs, hub names, None unchanged."""
+    if not isinstance(value, str) or not value or "://" in value or os.path.isabs(os.path.expanduser(value)):
+        return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+    candidate = os.path.abspath(os.path.join(base, value))
+    return candidate if os.path.exists(candidate) else value
+
+
+def absolute_paths(config: dict, cwd: str | None = None) -> dict:
+    """A copy of a job's config (plain dict) whose model weight paths and dataset storage paths are absolute,
+    so chat / webui / predict / export read the job folder's config.yaml from any working directory.
+    Model paths are taken relative to the working directory of the run; dataset ``storage`` / ``gt``
+    paths relative to the cache root, as the builders read them."""
+    import copy
+    from lavis_lite.datasets.builders.base_dataset_builder import resolve_storage
+
+    cwd = cwd or os.getcwd()
+    config = copy.deepcopy(config)
+    model = config.get("model") or {}
+    for key in MODEL_PATH_KEYS:
+        if key in model:
+            model[key] = _absolute_local(model[key], cwd)
+
+    def visit(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in DATASET_PATH_KEYS and isinstance(value, str) and "://" not in value:
+                    node[key] = resolve_storage(value)
+                elif key in DATASET_PATH_KEYS and isinstance(value, list):
+                    node[key] = [resolve_storage(v) if isinstance(v, str) and "://" not in v else v for v in value]
+                else:
+                    visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    for section in (config.get("datasets") or {}).values():
+        if isinstance(section, dict):
+            visit(section.get("build_info", {}))
+    return config

@@ -75,6 +75,25 @@ def job_id_for(args, cfg) -> str:
     return str(dist_utils.broadcast_object(job_id))  # every rank writes into the same job directory
 
 
+WEIGHT_KEYS = ("checkpoint", "finetuned", "pretrained")
+
+
+def warn_if_random_weights(model_cfg) -> bool:
+    """evaluate.py: a real (non-tiny) model type with no trained weights named evaluates random
+    initialisations of its trained parts; say so loudly (stderr and the log). Returns whether it warned."""
+    model_type = str(model_cfg.get("model_type", "") or "")
+    if "tiny" in model_type or any(model_cfg.get(k, None) for k in WEIGHT_KEYS):
+        return False
+    message = (f"WARNING: evaluating {model_cfg.get('arch')} / {model_type} with NO trained weights: neither "
+               f"model.checkpoint nor model.finetuned / model.pretrained is set, so the trained parts are RANDOM. "
+               f"Pass --options model.checkpoint=PATH (a checkpoint, job folder or exported weights).")
+    banner = "!" * min(len(message), 100)
+    import sys
+    print(f"{banner}\n{message}\n{banner}", file=sys.stderr, flush=True)
+    logger.warning(message)
+    return True
+
+
 def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
     """Parse, configure, initialise processes and build (task, datasets, model, runner)."""
     args = parse_args(argv, description)
@@ -91,6 +110,8 @@ def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
     task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg=cfg)  # LAVIS: setup_task(cfg=cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
+    if evaluate_only and dist_utils.is_main_process():
+        warn_if_random_weights(cfg.model_cfg)
     setup_seeds(cfg.run_cfg)  # per-rank streams from here on (data order, dropout)
     # run.feature_cache.enabled: training splits read cached frozen-stage features instead of images
     from lavis_lite.common.feature_cache_run import prepare_feature_cache

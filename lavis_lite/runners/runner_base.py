@@ -31,7 +31,7 @@ from lavis_lite.common.config import ConfigError
 from lavis_lite.common.logger import setup_logger
 from lavis_lite.common.registry import registry
 from lavis_lite.runners.checkpointing import CheckpointingMixin
-from lavis_lite.runners.job_folder import claim_job_folder, drop_records_from, release_lock
+from lavis_lite.runners.job_folder import absolute_paths, claim_job_folder, drop_records_from, release_lock
 from lavis_lite.runners.data import BatchSource, TrainStream, build_eval_loader, concat_eval_datasets
 from lavis_lite.runners.stepper import Stepper
 from lavis_lite.tasks.base_task import move_to_device
@@ -165,7 +165,9 @@ class RunnerBase(CheckpointingMixin):
     @dist_utils.main_process
     def dump_config(self):
         path = os.path.join(self.output_dir, "config.yaml")
-        text = self.config.to_yaml() if hasattr(self.config, "to_yaml") else OmegaConf.to_yaml(self.config)
+        raw = self.config.config if hasattr(self.config, "config") else self.config
+        # absolute weight / data paths: the job folder's config works from any working directory
+        text = OmegaConf.to_yaml(OmegaConf.create(absolute_paths(OmegaConf.to_container(raw, resolve=True))))
         ckpt.atomic_write(path, lambda tmp: open(tmp, "w").write(text))
 
     @dist_utils.main_process

@@ -117,7 +117,7 @@ class BaseTask:
                     stepper.backward(loss, weight, kind)
                 for k, v in extras.items():  # LAVIS logs every "*loss*" entry of the loss dict
                     if k != "loss" and "loss" in k and isinstance(v, (torch.Tensor, float, int)):
-                        extra_losses.setdefault(k, []).append(float(v))
+                        extra_losses.setdefault(k, []).append(float(v.detach() if isinstance(v, torch.Tensor) else v))
                 n_samples += batch_size(samples)
             stats = stepper.step()
             meters.update(loss=stats["loss"], lr=stats["lr"],
