@@ -89,7 +89,9 @@ def _caption_collate(batch):
             "instance_id": [b["instance_id"] for b in batch]}
 
 
-def test_captioning_task_scores_like_pycocoevalcap(tmp_path, result_dir):
+def test_captioning_task_metrics_equal_our_coco_caption_eval_on_its_records(tmp_path, result_dir):
+    """The task scores its merged records exactly as lavis_lite.tasks.metrics.caption_eval.coco_caption_eval does (that
+    scorer itself is compared with pycocoevalcap in tests/test_caption_metric.py)."""
     refs = {0: ["a red circle on a white background.", "a picture of a red circle."],
             1: ["a blue square on a black background.", "a picture of a blue square."],
             2: ["two green triangles on a gray background.", "a picture of two green triangles."]}

@@ -47,6 +47,20 @@ def test_recall_rejects_mismatched_inputs():
         recall_at_k(torch.zeros(1, 1), torch.zeros(1, 1), [[]], [0])
 
 
+def assert_recall_structure(metrics, n_images, n_texts):
+    """What must hold for any retrieval metrics: recall@k is a share of the queries (text-to-image
+    recalls are over texts, image-to-text over images), grows with k, and the means are LAVIS's."""
+    ks = (1, 5, 10)
+    for side, n in (("txt", n_images), ("img", n_texts)):
+        values = [metrics[f"{side}_r{k}"] for k in ks]
+        assert values == sorted(values), values  # recall@1 <= @5 <= @10
+        for v in values:
+            assert (v * n / 100.0) == pytest.approx(round(v * n / 100.0)), f"{side}: {v} is not a share of {n}"
+        assert metrics[f"{side}_r_mean"] == pytest.approx(sum(values) / 3)
+    assert metrics["r_mean"] == pytest.approx((metrics["txt_r_mean"] + metrics["img_r_mean"]) / 2)
+    assert metrics["agg_metrics"] == metrics["txt_r_mean"]
+
+
 class _Split(torch.utils.data.Dataset):
     """An eval caption split: one item per image; captions in the annotation."""
 
@@ -97,7 +111,9 @@ def test_task_evaluation_end_to_end(shift, expected):
     result = task.evaluation(_Oracle(shift), loader)
     metrics = task.after_evaluation(result, "test", 0)
     assert metrics["txt_r1"] == expected and metrics["img_r1"] == expected
-    assert 0 <= metrics["agg_metrics"] <= 100
+    assert_recall_structure(metrics, n_images=5, n_texts=10)
+    if shift == 0:
+        assert all(metrics[k] == 100.0 for k in ("txt_r5", "img_r5", "r_mean", "agg_metrics"))
 
 
 def test_ground_truth_merges_records_of_one_image():
@@ -132,9 +148,9 @@ def test_itm_rerank_with_tiny_model():
     model.itm_scores = lambda img, texts: calls.append(len(texts)) or real(img, texts)
     metrics = RetrievalTask(k_test=3).after_evaluation(RetrievalTask(k_test=3).evaluation(model, loader), "val", 0)
     assert calls == [3] * (4 + 8)  # every image and every text query re-ranks its top 3
-    for k in ("txt_r1", "txt_r5", "txt_r10", "img_r1", "img_r5", "img_r10", "r_mean", "agg_metrics"):
-        assert 0.0 <= metrics[k] <= 100.0
-    assert metrics["txt_r10"] == 100.0  # fewer than 10 candidates
+    assert_recall_structure(metrics, n_images=4, n_texts=8)
+    assert metrics["txt_r10"] == 100.0 and metrics["img_r10"] == 100.0  # fewer than 10 candidates
+    assert metrics["txt_r5"] == 100.0  # 4 images: every one is within the top 5
 
 
 def test_ground_truth_from_the_caption_eval_split(tmp_path):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -46,7 +47,17 @@ def test_resume_auto_continues_the_latest_job(tmp_path):
 def test_evaluate_only_reports_test_metrics(tmp_path, capsys):
     cfg = toy.write_run_yaml(str(tmp_path / "run.yaml"), test_splits=["val"])
     metrics = evaluate_script.main(["--cfg-path", cfg, "--job-id", "ev"])
-    assert 0.0 <= metrics["val"]["token_acc"] <= 1.0 and metrics["val"]["n_tokens"] > 0
+    # the same figures computed here: the model as evaluate.py builds it (run.seed=7), the val split at once
+    import torch
+    torch.manual_seed(7)
+    model = toy.ToyLM.from_config(OmegaConf.load(toy.TOY_YAML).model).eval()
+    val = toy.ToyDataset(16, seed=1000)
+    batch = val.collater([val[i] for i in range(16)])
+    with torch.no_grad():
+        out = model(batch)
+    assert metrics["val"]["n_tokens"] == out["n_tokens"] == int((batch["y"] != -100).sum())
+    assert metrics["val"]["token_acc"] == pytest.approx(out["n_correct"] / out["n_tokens"])
+    assert metrics["val"]["loss"] == pytest.approx(float(out["loss"]), rel=1e-5)
     assert json.loads(capsys.readouterr().out)["val"]["agg_metrics"] == metrics["val"]["agg_metrics"]
     assert not any(n.startswith("checkpoint") for n in os.listdir(tmp_path / "out" / "ev"))
 
