@@ -146,3 +146,24 @@ def test_fp16_vit_runs_under_autocast_with_an_fp32_residual_stream():
     assert set(branch) == {torch.float16}  # the matmuls ran in half precision (autocast)
     torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
     assert not torch.equal(out, want)  # really computed in fp16, not an fp32 copy
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_vit_on_cuda_matches_fp32_and_keeps_an_fp32_stream():
+    """On GPU, as the released model runs: fp16 Linear/Conv under autocast, fp32 LayerNorms and residual."""
+    torch.manual_seed(0)
+    kw = dict(img_size=224, precision="fp32", drop_path_rate=0.0, patch_size=14, embed_dim=256, depth=4,
+              num_heads=4, mlp_ratio=4.0)
+    ref = create_eva_vit_g(**kw).cuda().eval()
+    half = create_eva_vit_g(**kw)
+    half.load_state_dict(ref.state_dict())
+    from lavis_lite.models.eva_vit import convert_weights_to_fp16
+    half = convert_weights_to_fp16(half).cuda().eval()
+    streams = []
+    half.blocks[-1].register_forward_hook(lambda m, i, o: streams.append(o.dtype))
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        out, want = half(x), ref(x)
+    assert out.dtype == torch.float32 and streams == [torch.float32]
+    torch.testing.assert_close(out, want, rtol=1e-2, atol=1e-2)
