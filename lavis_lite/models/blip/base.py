@@ -15,6 +15,7 @@ import re
 import torch
 
 from lavis_lite.models.base_model import BaseModel, load_state_dict_file
+from lavis_lite.models.blip.convert_hf import hf_to_lavis, is_hf_blip_state_dict
 from lavis_lite.models.blip.vit import create_vit, interpolate_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ class BlipBase(BaseModel):
     def load_checkpoint(self, path_or_state, **kwargs):
         state = load_state_dict_file(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) \
             else dict(path_or_state)
+        if is_hf_blip_state_dict(state):  # transformers' BLIP layout (e.g. Salesforce/blip-* safetensors)
+            state, skipped = hf_to_lavis(state)
+            logger.info("converted a transformers BLIP state dict to LAVIS names; not loaded: %s", skipped)
         own = self.state_dict()
         for key in [k for k in state if k.endswith("pos_embed") and k in own]:
             if state[key].shape != own[key].shape:
