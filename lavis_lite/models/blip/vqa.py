@@ -118,6 +118,10 @@ class BlipVQA(BlipBase):
                  **unused) -> list[str]:
         """lavis_lite's generation contract (the ``vqa`` task): questions from ``samples["prompt"]``
         (run.prompt "{}") or ``text_input``; LAVIS's ``predict_answers`` settings otherwise."""
+        unknown = sorted(set(unused) - {"repetition_penalty", "temperature", "top_p", "do_sample"})
+        if unknown or unused.get("do_sample"):
+            raise TypeError(f"BlipVQA.generate decodes with beam search only; unsupported arguments "
+                            f"{unknown or ['do_sample=True']}")
         questions = samples.get("prompt") or samples.get("text_input")
         return self.predict_answers({"image": samples["image"], "text_input": questions}, num_beams=num_beams,
                                     max_len=max_new_tokens + 1, min_len=min_length)
