@@ -30,6 +30,9 @@ class BlipBase(BaseModel):
     CONFIG_META_KEYS = BaseModel.CONFIG_META_KEYS | {"load_pretrained", "pretrained"}
     # Regexes of checkpoint keys this model may drop when loading (logged, never silent).
     DROPPABLE_KEYS: tuple[str, ...] = ()
+    # What the BLIP pretrain files (model_base_capfilt_large.pth, model_large.pth) hold beyond a task model.
+    PRETRAIN_EXTRAS = (r".*_m\.", r"(image|text|idx)_queue$", r"queue_ptr$", r"itm_head\.", r"vision_proj\.",
+                       r"text_proj\.", r"temp$")
 
     @staticmethod
     def build_vit(vit_type, image_size, vit_grad_ckpt=False, vit_ckpt_layer=0, drop_path_rate=None, vit_sizes=None):

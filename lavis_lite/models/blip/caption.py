@@ -24,6 +24,8 @@ class BlipCaption(BlipBase):
         "tiny": "configs/models/blip/blip_caption_tiny.yaml",
     }
     DEFAULT_MODEL_TYPE = "base_coco"
+    # Fine-tuning starts from the pretrain file, which also holds the ITC/ITM text encoder.
+    DROPPABLE_KEYS = BlipBase.PRETRAIN_EXTRAS + (r"text_encoder\.",)
 
     def __init__(self, vit_type: str = "base", image_size: int = 384, vit_grad_ckpt: bool = False,
                  vit_ckpt_layer: int = 0, drop_path_rate: float | None = None, vit_sizes: dict | None = None,

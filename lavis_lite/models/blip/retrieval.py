@@ -34,6 +34,7 @@ class BlipRetrieval(BlipEncoderPair):
         "tiny": "configs/models/blip/blip_retrieval_tiny.yaml",
     }
     DEFAULT_MODEL_TYPE = "coco"
+    DROPPABLE_KEYS = (r"text_decoder\.",)  # fine-tuning starts from the pretrain file
 
     def __init__(self, queue_size: int = 57600, alpha: float = 0.4, momentum: float = 0.995,
                  negative_all_rank: bool = False, alpha_warmup_steps: int = 0, **kwargs):

@@ -29,6 +29,7 @@ class BlipVQA(BlipBase):
         "tiny": "configs/models/blip/blip_vqa_tiny.yaml",
     }
     DEFAULT_MODEL_TYPE = "vqav2"
+    DROPPABLE_KEYS = BlipBase.PRETRAIN_EXTRAS  # fine-tuning starts from the pretrain file
 
     def __init__(self, vit_type: str = "base", image_size: int = 480, vit_grad_ckpt: bool = False,
                  vit_ckpt_layer: int = 0, drop_path_rate: float | None = None, vit_sizes: dict | None = None,
@@ -167,8 +168,14 @@ def _read_answer_list(answer_list):
     if OmegaConf.is_config(answer_list):
         return list(OmegaConf.to_container(answer_list))
     path = os.path.expanduser(str(answer_list))
+    if not os.path.isabs(path) and not os.path.isfile(path):  # relative paths live under cache_root
+        from lavis_lite.common.registry import registry
+        try:
+            path = os.path.join(registry.get_path("cache_root"), path)
+        except KeyError:
+            pass
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"BlipVQA answer_list {answer_list!r}: no such file")
+        raise FileNotFoundError(f"BlipVQA answer_list {answer_list!r}: no such file (looked at {path})")
     with open(path) as f:
         answers = json.load(f)
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
