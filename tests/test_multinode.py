@@ -63,3 +63,14 @@ def test_two_nodes_one_process_each_match_one_node_two_processes(tmp_path):
     assert set(wa) == set(wb) and wa
     for name in wa:
         assert (wa[name] - wb[name]).abs().max().item() < 1e-6, name
+
+
+def test_launcher_scripts_parse_and_check_their_arguments(tmp_path):
+    for name in ("torchrun.sh", "deepspeed.sh"):
+        path = os.path.join(REPO, "run_scripts", "multinode", name)
+        assert subprocess.run(["bash", "-n", path]).returncode == 0, name
+        usage = subprocess.run(["bash", path], capture_output=True, text=True, env=_env(NPROC_PER_NODE="1"))
+        assert usage.returncode == 2 and "usage" in usage.stderr, name
+    missing = subprocess.run(["bash", os.path.join(REPO, "run_scripts", "multinode", "deepspeed.sh"),
+                              str(tmp_path / "nohostfile"), "train.py"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
