@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lavis_lite.common import dist_utils
 from lavis_lite.common.config import ConfigError, resolve_config_path
+from lavis_lite.common.download import fetch_on_main
 from lavis_lite.common.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -130,15 +130,12 @@ class BaseDatasetBuilder:
             if is_missing:
                 if url is None:
                     raise FileNotFoundError(f"dataset {self.name!r} split {split!r}: annotation file {target} "
-                                            f"does not exist and no url is given to fetch it")
-                # Every rank calls it: rank 0 downloads, the others wait at its barrier.
-                local = dist_utils.download_cached_file(url, md5=md5)
-                if dist_utils.is_main_process() and os.path.abspath(local) != os.path.abspath(target):
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    shutil.copyfile(local, target + ".part")
-                    os.replace(target + ".part", target)
-                dist_utils.barrier()
-            if md5:
+                                            f"does not exist and no url is given to fetch it (how to make it: "
+                                            f"docs/dataset_cards/{self.name}.md)")
+                # Every rank calls it: rank 0 downloads (resumable, md5 checked before the atomic
+                # rename), the others wait at its barrier and share its error.
+                fetch_on_main(url, target, md5=md5)
+            elif md5:
                 got = dist_utils.md5sum(target)
                 if got != md5:
                     raise ValueError(f"dataset {self.name!r} split {split!r}: md5 mismatch for {target}: "
@@ -200,9 +197,11 @@ class BaseDatasetBuilder:
 
 
 def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None, config_path: str | None = None,
-                             base: type = BaseDatasetBuilder, module: str | None = None) -> type:
+                             base: type = BaseDatasetBuilder, module: str | None = None,
+                             config_types: dict[str, str] | None = None) -> type:
     """Register ``name`` as a builder: ``base`` parameterised with a default YAML and dataset classes
-    (one line per data set instead of one copy-pasted class per data set).
+    (one line per data set instead of one copy-pasted class per data set). ``config_types`` adds
+    named variants of the default YAML (chosen with ``type:`` in the run YAML's dataset section).
 
     Assign the result to a module-level name equal to ``<CamelName>Builder`` in ``module`` (default:
     the caller's module) so the class can be pickled and found by its qualified name."""
@@ -212,7 +211,8 @@ def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None
         "name": name,
         "train_dataset_cls": train_dataset_cls,
         "eval_dataset_cls": eval_dataset_cls or train_dataset_cls,
-        "DATASET_CONFIG_DICT": {"default": config_path or f"configs/datasets/{name}/defaults.yaml"},
+        "DATASET_CONFIG_DICT": {"default": config_path or f"configs/datasets/{name}/defaults.yaml",
+                                **(config_types or {})},
         "__module__": module,
         "__qualname__": qualname,
         "__doc__": f"Builder {name!r}: {train_dataset_cls.__name__} / {(eval_dataset_cls or train_dataset_cls).__name__}.",
