@@ -209,3 +209,31 @@ def test_gqa_testdev_type(cache, tmp_path):
     assert cfg.build_info.annotations.val.storage == "gqa/annotations/testdev_balanced_questions.json"
     val = registry.get_builder_class("gqa")(cfg).build_datasets()["val"]
     assert val.ann_paths[0].endswith("testdev_balanced_questions.json") and val[0]["answer"] == "yes"
+
+
+def test_zoo_eval_splits_feed_the_existing_tasks(cache, tmp_path):
+    """Retrieval eval splits give the retrieval task LAVIS's maps; OK-VQA's eval split hands the
+    VQA task only its record file (the answer list and official files are separate attributes)."""
+    from lavis_lite.tasks.retrieval import retrieval_ground_truth
+    from lavis_lite.tasks.vqa import load_vqa_annotations
+    make_layout("flickr30k", cache)
+    test = load_dataset("flickr30k")["test"]
+    image_ids, texts, img2txt, txt2img = retrieval_ground_truth(test)
+    assert texts == test.text and img2txt == [test.img2txt[i] for i in range(len(test.image))]
+    assert txt2img == [test.txt2img[t] for t in range(len(test.text))]
+    assert image_ids == [str(test[i]["image_id"]) for i in range(len(test))] == ["1000092795", "10002456"]
+    make_layout("ok_vqa", cache)
+    ok = load_dataset("ok_vqa")["test"]
+    assert load_vqa_annotations(ok.ann_paths) == {4201: {"answers": ["apple"] * 10}}
+
+
+def test_skip_mode_counts_a_bad_image(cache, tmp_path):
+    make_layout("imagenet", cache)
+    (cache / "imagenet/val/n00000001/ILSVRC2012_val_00000002.JPEG").write_bytes(b"not a jpeg")
+    run = tmp_path / "run.yaml"
+    run.write_text("datasets:\n  imagenet: {on_error: skip, max_skip_fraction: 0.5}\n")
+    ds = load_dataset("imagenet", cfg_path=str(run))["val"]
+    assert ds[1]["label"] == 999  # the next good image stands in
+    assert ds.skip_report()["skipped"] == 1
+    with pytest.raises(DataError, match=r"ILSVRC2012_val_00000002\.JPEG"):
+        load_dataset("imagenet")["val"][1]
