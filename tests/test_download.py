@@ -209,3 +209,11 @@ def test_two_ranks_download_once(server, tmp_path):
     assert outs[0][0].splitlines()[1] == "raised ChecksumError False False"
     assert outs[1][0].splitlines()[1] == "raised DownloadError False False"
     assert [path for path, _ in server.requests] == ["/a.json", "/a.json"]  # once per file, by rank 0 only
+
+
+def test_part_longer_than_the_remote_file_is_replaced(server, tmp_path):
+    server.files["/a.json"] = BODY[:100]
+    (tmp_path / "a.json.part").write_bytes(BODY)  # left over from another file
+    download_url(server.url + "/a.json", str(tmp_path / "a.json"), retries=2, backoff=0)
+    assert (tmp_path / "a.json").read_bytes() == BODY[:100]
+    assert [r for _, r in server.requests] == [f"bytes={len(BODY)}-", None]

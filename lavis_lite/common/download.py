@@ -28,7 +28,12 @@ _CHUNK = 1 << 20
 
 
 class DownloadError(OSError):
-    """A download that could not complete (network, HTTP status). Names the URL and the file."""
+    """A download that could not complete (network, HTTP status). Names the URL and the file.
+    ``permanent``: retrying cannot help (an HTTP 4xx answer)."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class ChecksumError(DownloadError, ValueError):
@@ -64,9 +69,10 @@ def _fetch_http_once(url: str, part: str, timeout: float) -> None:
             if total is None or total == have:
                 return
             os.remove(part)  # the part is longer than the file: it is not this file
-            raise DownloadError(f"{url}: partial file {part} ({have} bytes) does not match the "
-                                f"remote size {total}; removed it, try again") from None
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason} (downloading to {part})") from None
+            raise DownloadError(f"{url}: partial file {part} ({have} bytes) is longer than the "
+                                f"remote file ({total} bytes); removed it") from None
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason} (downloading to {part})",
+                            permanent=400 <= err.code < 500) from None
     with resp:
         if have and resp.status == 206:
             start = _start_from_content_range(resp.headers.get("Content-Range"))
@@ -109,9 +115,10 @@ def download_url(url: str, target: str, md5: str | None = None, retries: int = 3
                 _fetch_http_once(url, part, timeout)
                 break
             except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, short reads
-                if attempt >= retries or (isinstance(err, DownloadError) and "HTTP 4" in str(err)):
-                    raise err if isinstance(err, DownloadError) else DownloadError(
-                        f"{url}: {type(err).__name__}: {err} (downloading to {part})") from err
+                if attempt >= retries or getattr(err, "permanent", False):
+                    if isinstance(err, DownloadError):
+                        raise
+                    raise DownloadError(f"{url}: {type(err).__name__}: {err} (downloading to {part})") from err
                 logger.warning("download of %s failed (%s); retry %d/%d", url, err, attempt, retries - 1)
                 time.sleep(backoff * attempt)
     else:
