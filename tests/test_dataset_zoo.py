@@ -237,3 +237,11 @@ def test_skip_mode_counts_a_bad_image(cache, tmp_path):
     assert ds.skip_report()["skipped"] == 1
     with pytest.raises(DataError, match=r"ILSVRC2012_val_00000002\.JPEG"):
         load_dataset("imagenet")["val"][1]
+
+
+def test_lavis_builder_class_names_import():
+    from lavis_lite.datasets.builders import COCORetrievalBuilder, Flickr30kBuilder, ImageNetBuilder, OKVQABuilder
+    assert COCORetrievalBuilder is registry.get_builder_class("coco_retrieval")
+    assert OKVQABuilder is registry.get_builder_class("ok_vqa") and ImageNetBuilder.name == "imagenet"
+    assert Flickr30kBuilder.__qualname__ == "Flickr30kBuilder"
+    assert set(registry.get_builder_class("gqa").DATASET_CONFIG_DICT) == {"default", "balanced_val", "balanced_testdev"}

@@ -3,3 +3,6 @@ from lavis_lite.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from lavis_lite.datasets.builders import dataset_builders, wds_builder, zoo_builders  # noqa: F401
 from lavis_lite.datasets.builders import dataset_zoo  # noqa: F401
 from lavis_lite.datasets.builders.dataset_zoo import load_dataset  # noqa: F401
+from lavis_lite.datasets.builders.zoo_builders import LAVIS_NAMES as _LAVIS_NAMES
+
+globals().update(_LAVIS_NAMES)  # COCORetrievalBuilder, OKVQABuilder, ... as LAVIS exports them

@@ -49,3 +49,22 @@ Laion400mBuilder = register_dataset_builder("laion400M", WebDatasetStream, base=
 # Classification.
 SnliVeBuilder = register_dataset_builder("snli_ve", SNLIVisualEntailmentDataset)
 ImagenetBuilder = register_dataset_builder("imagenet", ImageFolderDataset, base=ImageFolderBuilder)
+
+# LAVIS's class names, so `from lavis.datasets.builders import OKVQABuilder` only changes its package.
+LAVIS_NAMES = {
+    "COCORetrievalBuilder": CocoRetrievalBuilder,
+    "Flickr30kBuilder": Flickr30kBuilder,
+    "NoCapsBuilder": NocapsBuilder,
+    "OKVQABuilder": OkVqaBuilder,
+    "AOKVQABuilder": AokVqaBuilder,
+    "GQABuilder": GqaBuilder,
+    "VGVQABuilder": VgVqaBuilder,
+    "VGCaptionBuilder": VgCaptionBuilder,
+    "SBUCaptionBuilder": SbuCaptionBuilder,
+    "ConceptualCaption3MBuilder": ConceptualCaption3mBuilder,
+    "ConceptualCaption12MBuilder": ConceptualCaption12mBuilder,
+    "Laion400MBuilder": Laion400mBuilder,
+    "SNLIVisualEntailmentBuilder": SnliVeBuilder,
+    "ImageNetBuilder": ImagenetBuilder,
+}
+globals().update(LAVIS_NAMES)
