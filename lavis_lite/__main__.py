@@ -20,7 +20,8 @@ def main(argv=None) -> None:
         # Every kind the registry knows, so kinds added later are listed too.
         for kind, table in registry.mapping.items():
             names = sorted(table)
-            print(f"{kind + 's':14s} {', '.join(names) if names else '(none)'}")
+            label = "datasets" if kind == "builder" else kind + "s"
+            print(f"{label:14s} {', '.join(names) if names else '(none)'}")
         print(f"{'library_root':14s} {registry.get_path('library_root')}\n")
         print("Data sets (splits, how to evaluate; cards in docs/dataset_cards/):")
     print(zoo_listing.format_table(zoo_listing.describe(), markdown=args.markdown))

@@ -26,7 +26,7 @@ def test_python_m_lavis_lite_lists_every_dataset_with_its_command():
     out = subprocess.run([sys.executable, "-m", "lavis_lite"], capture_output=True, text=True, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line for line in out.stdout.splitlines() if line and not line.startswith(" ")}
-    assert "builders" in rows and "tasks" in rows
+    assert "datasets" in rows and "tasks" in rows and "models" in rows
     for name in _built_in_names():
         assert name in rows, name
     assert "python evaluate.py --cfg-path projects/minigpt4qwen/eval_vqav2.yaml" in rows["coco_vqa"]
