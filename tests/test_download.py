@@ -161,17 +161,20 @@ def test_builder_fetches_a_zoo_dataset_over_http(server, tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(cache / "nocaps/images/val/a.jpg")
     records = json.dumps([{"image": "val/a.jpg", "img_id": 7}]).encode()
     server.files["/nocaps_val.json"] = records
+    server.files["/gt.json"] = json.dumps({"images": [{"id": 7, "domain": "out-domain"}], "annotations": []}).encode()
     cfg = OmegaConf.merge(registry.get_builder_class("nocaps").default_config(), {"build_info": {"annotations": {
-        "val": {"url": server.url + "/nocaps_val.json", "md5": hashlib.md5(records).hexdigest()}, "test": None}}})
+        "val": {"url": server.url + "/nocaps_val.json", "md5": hashlib.md5(records).hexdigest(),
+                "gt_url": server.url + "/gt.json"}, "test": None}}})
     val = registry.get_builder_class("nocaps")(cfg).build_datasets()["val"]
     assert (cache / "nocaps/annotations/nocaps_val.json").read_bytes() == records
-    assert val[0]["image_id"] == 7
+    assert val[0]["image_id"] == 7 and val.domains() == {7: "out-domain"}  # the references were fetched too
+    (cache / "nocaps/annotations/nocaps_val_4500_captions.json").unlink()
     cfg.build_info.annotations.val.md5 = "f" * 32
     (cache / "nocaps/annotations/nocaps_val.json").unlink()
     with pytest.raises(ValueError, match=r"md5 mismatch for http://127\.0\.0\.1:\d+/nocaps_val\.json "
                                          r"\(file .*nocaps_val\.json\)"):
         registry.get_builder_class("nocaps")(cfg).build_datasets()
-    assert sorted(os.listdir(cache / "nocaps/annotations")) == []
+    assert sorted(os.listdir(cache / "nocaps/annotations")) == []  # neither file, nor a .part
 
 
 _TWO_RANKS = """

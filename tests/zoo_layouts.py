@@ -54,12 +54,19 @@ def flickr30k(root):
 
 
 def nocaps(root):
+    """LAVIS's records (val without domains), plus the official val references with the domains."""
+    names = ["0013ea2087020901.jpg", "00223f2c1d8e9b9a.jpg"]
     for split in ("val", "test"):
-        _image(os.path.join(root, "nocaps/images", split, "0013ea2087020901.jpg"))
-        _image(os.path.join(root, "nocaps/images", split, "00223f2c1d8e9b9a.jpg"))
-        _json(os.path.join(root, "nocaps/annotations", f"nocaps_{split}.json"), [
-            {"image": f"{split}/0013ea2087020901.jpg", "img_id": 0},
-            {"image": f"{split}/00223f2c1d8e9b9a.jpg", "img_id": 1, "domain": "out-domain"}])
+        for name in names:
+            _image(os.path.join(root, "nocaps/images", split, name))
+        records = [{"image": f"{split}/{name}", "img_id": i} for i, name in enumerate(names)]
+        if split == "test":
+            records[1]["domain"] = "out-domain"
+        _json(os.path.join(root, "nocaps/annotations", f"nocaps_{split}.json"), records)
+    _json(os.path.join(root, "nocaps/annotations/nocaps_val_4500_captions.json"), {
+        "images": [{"id": i, "file_name": name, "domain": domain}
+                   for i, (name, domain) in enumerate(zip(names, ("in-domain", "near-domain")))],
+        "annotations": [{"image_id": i, "id": i, "caption": f"a photo {i}"} for i in range(2)]})
     return ("val", "test")
 
 

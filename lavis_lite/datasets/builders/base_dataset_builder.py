@@ -9,7 +9,7 @@ YAML's ``datasets.<name>``) looks like LAVIS's::
     build_info:
       annotations:
         train: {url: https://.../train.json, storage: coco/annotations/train.json, md5: ...}
-        val:   {url: ..., storage: ..., gt: coco/annotations/val_gt.json}
+        val:   {url: ..., storage: ..., gt: coco/annotations/val_gt.json}   # + gt_url, gt_md5: fetched too
       images: {storage: coco/images/}
     vis_processor: {train: {name: blip2_image_train, image_size: 224}, eval: {name: blip2_image_eval}}
     text_processor: {train: {name: blip_caption}, eval: {name: blip_caption}}
@@ -125,6 +125,8 @@ class BaseDatasetBuilder:
                                       f"{key} but {len(storages)} storage paths")
             for k, storage in enumerate(storages):
                 jobs.append((split, resolve_storage(storage), urls[k] if urls else None, md5s[k] if md5s else None))
+            if info.get("gt", None) and info.get("gt_url", None):  # ground truth with a source: fetched too
+                jobs.append((split, resolve_storage(info.gt), info.gt_url, info.get("gt_md5", None)))
         missing = dist_utils.broadcast_object([not os.path.isfile(target) for _, target, _, _ in jobs])
         for (split, target, url, md5), is_missing in zip(jobs, missing):
             if is_missing:
