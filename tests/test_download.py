@@ -220,3 +220,20 @@ def test_part_longer_than_the_remote_file_is_replaced(server, tmp_path):
     download_url(server.url + "/a.json", str(tmp_path / "a.json"), retries=2, backoff=0)
     assert (tmp_path / "a.json").read_bytes() == BODY[:100]
     assert [r for _, r in server.requests] == [f"bytes={len(BODY)}-", None]
+
+
+def test_fetch_cli_prefetches_annotations(server, tmp_path, monkeypatch, capsys):
+    """`python -m lavis_lite.datasets.fetch NAME --cfg-path RUN.yaml`: the files only, no images needed."""
+    from lavis_lite.datasets import fetch
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(cache))
+    server.files["/train.json"] = b"[]"
+    run = tmp_path / "run.yaml"
+    run.write_text("datasets:\n  vg_vqa:\n    build_info:\n      annotations:\n"
+                   f"        train: {{url: {server.url}/train.json, md5: {hashlib.md5(b'[]').hexdigest()}}}\n")
+    assert fetch.main(["vg_vqa", "--cfg-path", str(run)]) == 0
+    assert (cache / "vg/annotations/vg_qa.json").read_bytes() == b"[]"
+    assert f"vg_vqa train: {cache / 'vg/annotations/vg_qa.json'}" in capsys.readouterr().out
+    # no public URL (SNLI-VE): a failure naming the file and the card, exit 1
+    assert fetch.main(["snli_ve"]) == 1
+    assert "ve_train.json does not exist" in capsys.readouterr().err
