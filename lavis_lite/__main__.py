@@ -2,6 +2,7 @@
 
     python -m lavis_lite                        # components, then the data sets
     python -m lavis_lite datasets [--markdown]  # only the data sets (markdown: docs/dataset_cards/README.md)
+    python -m lavis_lite datasets --update-readme docs/dataset_cards/README.md   # rewrite that file's table
 """
 import argparse
 
@@ -12,10 +13,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lavis_lite", description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="?", choices=("all", "datasets"), default="all")
     parser.add_argument("--markdown", action="store_true", help="the data-set table as markdown")
+    parser.add_argument("--update-readme", metavar="PATH", default=None,
+                        help="rewrite the table between the zoo-table markers of PATH (docs/dataset_cards/README.md)")
     args = parser.parse_args(argv)
     import lavis_lite  # noqa: F401  (registers the built-in components and plugins)
     from lavis_lite.datasets.builders import zoo_listing
 
+    if args.update_readme:
+        changed = zoo_listing.update_readme(args.update_readme, zoo_listing.describe())
+        print(f"{args.update_readme}: {'updated' if changed else 'already up to date'}")
+        return
     if args.what == "all":
         # Every kind the registry knows, so kinds added later are listed too.
         for kind, table in registry.mapping.items():

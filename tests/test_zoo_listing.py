@@ -71,5 +71,20 @@ def test_cards_readme_lists_every_registered_dataset():
     built_in = _built_in_names()
     assert {"coco_retrieval", "imagenet", "coco_caption"} <= set(built_in)
     missing = [n for n in built_in if f"| `{n}` |" not in table]
-    assert not missing, (f"docs/dataset_cards/README.md lacks {missing}: paste the output of "
-                         f"`python -m lavis_lite datasets --markdown` between the zoo-table markers")
+    assert not missing, (f"docs/dataset_cards/README.md lacks {missing}: run `python -m lavis_lite datasets "
+                         f"--update-readme docs/dataset_cards/README.md`")
+
+
+def test_update_readme_rewrites_only_the_table(tmp_path, later_builder):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Cards\nintro\n<!-- zoo-table:start -->\n| old |\n<!-- zoo-table:end -->\nafter\n")
+    from lavis_lite.__main__ import main
+    main(["datasets", "--update-readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("# Cards\nintro\n<!-- zoo-table:start -->\n| name | splits |") and text.endswith(
+        "<!-- zoo-table:end -->\nafter\n")
+    assert "| old |" not in text and "| `later_bench` |" in text and "| `coco_retrieval` |" in text
+    assert zoo_listing.update_readme(str(readme), zoo_listing.describe()) is False  # idempotent
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="no <!-- zoo-table:start -->"):
+        zoo_listing.update_readme(str(readme), [])

@@ -7,6 +7,7 @@ evaluate (``run.evaluate: true``) and name it in their ``datasets:`` section.
 
     python -m lavis_lite datasets             # a plain table
     python -m lavis_lite datasets --markdown  # the table of docs/dataset_cards/README.md
+    python -m lavis_lite datasets --update-readme docs/dataset_cards/README.md   # rewrite that table
 """
 from __future__ import annotations
 
@@ -96,3 +97,21 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
         lines.append(f"{row['name']:<{width}}{','.join(row['splits']) or '-':<16}{how[0]}")
         lines.extend(f"{'':<{width + 16}}{c}" for c in how[1:])
     return "\n".join(lines)
+
+
+START, END = "<!-- zoo-table:start -->", "<!-- zoo-table:end -->"
+
+
+def update_readme(path: str, rows: list[dict]) -> bool:
+    """Replace the table between the zoo-table markers of ``path``; True when the file changed."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if START not in text or END not in text:
+        raise ValueError(f"{path} has no {START} ... {END} block to rewrite")
+    head, rest = text.split(START, 1)
+    tail = rest.split(END, 1)[1]
+    new = f"{head}{START}\n{format_table(rows, markdown=True)}\n{END}{tail}"
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+    return new != text
