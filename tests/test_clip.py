@@ -88,12 +88,12 @@ def test_lavis_model_types_build_with_their_open_clip_architectures():
         assert size == arch["vision_cfg"]["image_size"], model_type
 
 
-def test_open_clip_is_imported_on_first_use_only():
+def test_open_clip_and_lmms_eval_are_imported_on_first_use_only():
     code = ("import sys, lavis_lite, lavis_lite.models, lavis_lite.processors; "
             "from lavis_lite.common.registry import registry; registry.get_model_class('clip'); "
-            "print('open_clip' in sys.modules)")
+            "print('open_clip' in sys.modules, 'lmms_eval' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
 
 
 # ---- equality with open_clip ----------------------------------------------------------
