@@ -9,3 +9,4 @@ from lavis_lite.models.loading import (  # noqa: F401
     model_zoo,
 )
 from lavis_lite.models import blip2_qformer, blip2_feature_extractor  # noqa: F401,E402
+from lavis_lite.models import blip2_opt, blip2_t5, blip2_instruct  # noqa: F401,E402  (LAVIS's BLIP-2 LLM models)

@@ -36,12 +36,17 @@ def load_model(name: str, model_type: str | None = None, is_eval: bool = False, 
     """Build a registered model from its default YAML for ``model_type``.
 
     ``checkpoint``: a ``.safetensors`` / ``.pth`` file of (trainable) weights, or a folder holding
-    ``config.yaml`` + ``model.safetensors`` written by an export tool (its config then describes the model).
+    ``config.yaml`` + ``model.safetensors`` written by an export tool (its config then describes the model),
+    or a Hugging Face BLIP-2 / InstructBLIP folder (models/hf_blip2_convert.py).
     """
     extra = None
     weights = None
     if checkpoint is not None:
         path = os.path.abspath(os.path.expanduser(str(checkpoint)))
+        from lavis_lite.models import hf_blip2_convert
+
+        if hf_blip2_convert.is_hf_folder(path):  # a transformers BLIP-2 / InstructBLIP save_pretrained folder
+            return hf_blip2_convert.load_hf_model(path, name, model_type, is_eval=is_eval, device=device)
         if os.path.isdir(path):
             cfg_file, weights = os.path.join(path, EXPORT_CONFIG_NAME), os.path.join(path, EXPORT_WEIGHTS_NAME)
             for needed in (cfg_file, weights):
