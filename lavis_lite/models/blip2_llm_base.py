@@ -66,7 +66,7 @@ def build_language_model(family: str, folder: str | None, config: dict | None, t
     if not config:
         raise ValueError(f"Set model.{key} to a local folder holding the {family} LLM, or give model.llm_config "
                          f"for a random-init one (the tiny types)")
-    cfg = dict(config)
+    cfg = {k: v for k, v in dict(config).items() if v is not None}  # null: the default below / transformers'
     cfg.setdefault("vocab_size", len(tokenizer))
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)

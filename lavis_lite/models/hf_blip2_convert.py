@@ -295,10 +295,9 @@ def load_hf_into(model, folder: str, parts: tuple[str, ...] | None = None) -> di
     return {"loaded": sorted(keep), "left_out": sorted(left_out), "missing_keys": missing, "unexpected_keys": []}
 
 
-def load_hf_model(folder: str, name: str | None = None, model_type: str | None = None, is_eval: bool = False,
-                  device="cpu"):
-    """Build our model for an HF BLIP-2 / InstructBLIP folder (sizes, epsilons and LLM from its config.json)
-    and load every weight, the LLM included."""
+def hf_model_config(folder: str, name: str | None = None, model_type: str | None = None):
+    """(architecture, our model config) describing an HF BLIP-2 / InstructBLIP folder: the type's default
+    YAML with the folder's sizes, epsilons, dtypes, LLM config and tokenizers; weight paths cleared."""
     from omegaconf import OmegaConf
 
     from lavis_lite.common.registry import registry
@@ -323,7 +322,16 @@ def load_hf_model(folder: str, name: str | None = None, model_type: str | None =
     cfg = OmegaConf.merge(section, {"model_type": model_type}, overrides)
     cfg.qformer_config = overrides["qformer_config"]  # replace, not merge: sizes describe the source
     cfg.vit_sizes = overrides["vit_sizes"]
-    model = model_cls.from_config(cfg)
+    return arch, cfg
+
+
+def load_hf_model(folder: str, name: str | None = None, model_type: str | None = None, is_eval: bool = False,
+                  device="cpu"):
+    """Build our model for an HF BLIP-2 / InstructBLIP folder and load every weight, the LLM included."""
+    from lavis_lite.common.registry import registry
+
+    arch, cfg = hf_model_config(folder, name, model_type)
+    model = registry.get_model_class(arch).from_config(cfg)
     load_hf_into(model, folder)
     if is_eval:
         model.eval()
