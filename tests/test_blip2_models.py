@@ -86,3 +86,19 @@ def test_vicuna_tokenizer_follows_lavis():
     assert tok("hello").input_ids[0] == tok.bos_token_id  # prompts start with </s>, as LAVIS's slow tokenizer
     ids, mask, input_lens = model._rows(["describe"], ["a red circle"])
     assert ids[0, input_lens[0]:].tolist().count(tok.bos_token_id) == 1  # only the eos after the answer
+
+
+def test_readme_model_table_lists_every_type():
+    import os
+    import re
+
+    from lavis_lite.common.registry import registry
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            for arch in re.findall(r"`([\w.]+)`", cells[0]):
+                rows[arch] = set(re.findall(r"`([\w.]+)`", cells[1]))
+    for arch in ARCHS + ["minigpt4qwen", "blip2", "blip2_qformer", "blip2_feature_extractor"]:
+        assert rows.get(arch) == set(registry.get_model_class(arch).PRETRAINED_MODEL_CONFIG_DICT), arch
