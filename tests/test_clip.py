@@ -83,7 +83,7 @@ def test_lavis_model_types_build_with_their_open_clip_architectures():
     assert ClipFeatureExtractor.default_config_path("base") == ClipFeatureExtractor.default_config_path("ViT-B-32")
     for model_type in ClipFeatureExtractor.PRETRAINED_MODEL_CONFIG_DICT:  # LAVIS's image sizes per type
         cfg = OmegaConf.load(ClipFeatureExtractor.default_config_path(model_type))
-        size = cfg.preprocess.vis_processor.eval.image_size
+        size = cfg.model.preprocess.vis_processor.eval.image_size
         arch = open_clip.get_model_config(cfg.model.open_clip_name)
         assert size == arch["vision_cfg"]["image_size"], model_type
 
