@@ -222,3 +222,32 @@ def test_zero_shot_classifier_and_logits(ours):
     torch.testing.assert_close(out["predictions"], logits)
     assert out["targets"].tolist() == [0, 1, 0]
     ours.classifier = None
+
+
+def test_mode_features_run_the_retrieval_task(ours):
+    from lavis_lite.tasks.retrieval import RetrievalTask, recall_at_k
+
+    images, captions = _images(3), ["a red circle", "a blue square", "a green triangle", "two red circles"]
+    img = ours.extract_features({"image": images}, mode="image")
+    assert img.image_embeds_proj.shape == (3, 1, 32) and img.text_embeds is None
+    txt = ours.extract_features({"text_input": captions}, mode="text")
+    assert txt.text_embeds_proj.shape == (4, 1, 32)
+    torch.testing.assert_close(img.image_embeds[:, 0], ours.extract_features({"image": images}))
+    with pytest.raises(ValueError, match="multimodal"):
+        ours.extract_features({"image": images}, mode="multimodal")
+
+    class Split(torch.utils.data.Dataset):  # image 0 has two captions
+        annotation = [{"image_id": 0, "caption": [captions[0], captions[3]]}, {"image_id": 1, "caption": captions[1]},
+                      {"image_id": 2, "caption": captions[2]}]
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"image": images[i], "image_id": i}
+
+    loader = torch.utils.data.DataLoader(Split(), batch_size=2)
+    (metrics,) = RetrievalTask(k_test=0).evaluation(ours, loader)
+    with torch.no_grad():
+        sim = ours.encode_image(images, normalize=True) @ ours.encode_text(ours.tokenize(captions), normalize=True).t()
+    assert metrics == recall_at_k(sim, sim.t(), [[0, 3], [1], [2]], [0, 1, 2, 0])
