@@ -147,6 +147,12 @@ def test_checkpoint_formats_safetensors_and_torchscript(reference, tmp_path):
         for path in (st, jit):
             model = ClipFeatureExtractor.from_config(_cfg("tiny", load_pretrained=True, pretrained=str(path))).eval()
             torch.testing.assert_close(model.encode_image(images), want, rtol=0, atol=1e-6)
+    # our fine-tuned weights (`checkpoint`) load over the open_clip ones
+    tuned = tmp_path / "tuned.safetensors"
+    save_file({"logit_scale": torch.tensor(2.5), "ln_final.bias": torch.full((32,), 0.25)}, str(tuned))
+    model = ClipFeatureExtractor.from_config(_cfg("tiny", load_pretrained=True, pretrained=str(st), checkpoint=str(tuned)))
+    assert float(model.logit_scale) == 2.5 and torch.equal(model.ln_final.bias, torch.full((32,), 0.25))
+    assert torch.equal(model.visual.conv1.weight, reference.visual.conv1.weight)
 
 
 def test_missing_unset_tagged_or_mismatching_checkpoints_are_clear_errors(reference, tmp_path):
