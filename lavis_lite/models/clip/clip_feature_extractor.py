@@ -213,9 +213,22 @@ class ClipFeatureExtractor(BaseModel):
                                                       self.logit_scale.exp())
         return {"loss": loss, "n_tokens": int(image.shape[0])}
 
-    def extract_features(self, samples: dict):
-        """As LAVIS: with both ``image`` and ``text_input`` a :class:`ClipOutputFeatures`; with one of
-        them, that side's raw open_clip embeddings [N, dim] (a tensor, as LAVIS returns)."""
+    def extract_features(self, samples: dict, mode: str | None = None):
+        """As LAVIS (no ``mode``): with both ``image`` and ``text_input`` a :class:`ClipOutputFeatures`
+        [N, dim]; with one of them, that side's raw open_clip embeddings [N, dim] (a tensor, as LAVIS
+        returns). ``mode="image"`` / ``"text"``: that side as ClipOutputFeatures in the BLIP feature
+        extractors' layout, [N, 1, dim] (one pooled embedding per input), so code written for them --
+        the ``retrieval`` task -- runs on CLIP."""
+        if mode is not None:
+            if mode not in ("image", "text"):
+                raise ValueError(f"CLIP extracts mode='image' or mode='text' features, got mode={mode!r}")
+            key = "image" if mode == "image" else "text_input"
+            if samples.get(key) is None:
+                raise KeyError(f"extract_features(mode={mode!r}) needs samples[{key!r}]")
+            embeds = self.extract_features({key: samples[key]})[:, None]
+            proj = F.normalize(embeds, dim=-1)
+            return ClipOutputFeatures(image_embeds=embeds, image_embeds_proj=proj) if mode == "image" \
+                else ClipOutputFeatures(text_embeds=embeds, text_embeds_proj=proj)
         image, text = samples.get("image"), samples.get("text_input")
         if image is None and text is None:
             raise KeyError("extract_features needs samples['image'] and/or samples['text_input']")
