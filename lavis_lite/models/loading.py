@@ -38,13 +38,18 @@ def load_model(name: str, model_type: str | None = None, is_eval: bool = False, 
 
     ``checkpoint``: a ``.safetensors`` / ``.pth`` file of (trainable) weights, a folder holding
     ``config.yaml`` + ``model.safetensors`` written by an export tool (its config then describes the
-    model), or a training checkpoint / job folder of our runners. A checkpoint lacking some of the
-    model's trainable parameters raises listing them unless ``partial=True``.
+    model), a training checkpoint / job folder of our runners, or a Hugging Face BLIP-2 / InstructBLIP
+    folder (models/hf_blip2_convert.py). A checkpoint lacking some of the model's trainable parameters
+    raises listing them unless ``partial=True``.
     """
     extra = None
     weights = None
     if checkpoint is not None:
         path = os.path.abspath(os.path.expanduser(str(checkpoint)))
+        from lavis_lite.models import hf_blip2_convert
+
+        if hf_blip2_convert.is_hf_folder(path):  # a transformers BLIP-2 / InstructBLIP save_pretrained folder
+            return hf_blip2_convert.load_hf_model(path, name, model_type, is_eval=is_eval, device=device)
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, EXPORT_CONFIG_NAME)):
             weights = path  # a runner checkpoint (plain or DeepSpeed) or a job folder
         elif os.path.isdir(path):

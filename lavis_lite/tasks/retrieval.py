@@ -148,6 +148,8 @@ class RetrievalTask(BaseTask):
         image_ids, texts, img2txt, txt2img = retrieval_ground_truth(data_loader.dataset)
         # Images of this rank's shard, then gathered so that every rank ranks against all of them.
         rerank = self.k_test > 0 and hasattr(net, "itm_scores")
+        # BLIP ranks by the [CLS] feature only; BLIP-2 by the best of its query features (all of them).
+        n_feature_tokens = getattr(net, "retrieval_feature_tokens", None)
         local = []
         for samples in MetricLogger().log_every(data_loader, log_freq, header="Retrieval images", logger=logger):
             samples = move_to_device(samples, device)
@@ -156,7 +158,7 @@ class RetrievalTask(BaseTask):
                 image_id = image_id.item() if isinstance(image_id, torch.Tensor) else image_id
                 # The image encoder's output is kept only for ITM re-ranking (it is large).
                 frozen = feats.image_embeds_frozen[j].cpu() if rerank else None
-                local.append((str(image_id), feats.image_embeds_proj[j].cpu(), frozen))
+                local.append((str(image_id), feats.image_embeds_proj[j, :n_feature_tokens].cpu(), frozen))
         gathered = [local]
         if dist_utils.is_dist_avail_and_initialized():
             gathered = [None] * dist_utils.get_world_size()
