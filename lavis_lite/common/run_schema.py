@@ -82,7 +82,8 @@ class RunKeys:
     # logging
     log_freq: int = 50
     progress_bar: bool = True
-    tensorboard: bool = False
+    tensorboard: bool = False  # deprecated switch; run.loggers: [tensorboard]
+    loggers: Any = None  # experiment trackers (common/trackers); each tracker's options sit under run.<name>
     # keys of LAVIS's own run configs, accepted so that LAVIS YAMLs load unchanged
     num_ans_candidates: Optional[int] = None
     inference_method: Optional[str] = None
@@ -221,10 +222,22 @@ def check_section(section, schema: type, prefix: str, options, cfg_path: str) ->
                               f"{str(err).splitlines()[0]})") from None
 
 
+def _with_tracker_sections(schema: type) -> type:
+    """Every registered experiment tracker (built-in or plugin) may have an options section run.<name>."""
+    try:
+        from lavis_lite.common.trackers import TRACKERS
+    except ImportError:
+        return schema
+    have = {f.name for f in dataclasses.fields(schema)}
+    extra = [(name, Any, field(default=None)) for name in TRACKERS if name not in have]
+    return dataclasses.make_dataclass("RunSchema", extra, bases=(schema,)) if extra else schema
+
+
 def check_run_section(run_section, runner_cls, task_cls, options, cfg_path: str) -> None:
     """``run:`` against RunKeys + the runner's and the task's declared keys. Without a task class
     (unknown name: reported by the caller) unknown keys are not judged, types still are."""
     schema = merged_schema([runner_cls, task_cls])
+    schema = _with_tracker_sections(schema)
     if task_cls is None:
         names = {f.name for f in dataclasses.fields(schema)}
         run_section = {k: v for k, v in OmegaConf.to_container(run_section, resolve=False).items() if k in names}

@@ -7,7 +7,8 @@
 - ``job.lock`` (owner pid and host) makes a second run into the same folder fail at start while the
   first is alive; a lock left by a dead process on this host is taken over (with a warning).
 - On resume, the per-epoch records that a killed attempt wrote after its last checkpoint are
-  removed from ``log.txt`` / ``evaluate.txt`` / ``metrics.jsonl``, so each epoch is recorded once.
+  removed from ``log.txt`` / ``evaluate.txt`` (``metrics.jsonl`` is cut back by its tracker), so each
+  epoch is recorded once.
 Rank 0 decides; every rank gets the same answer (and the same error).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from lavis_lite.common import dist_utils
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "job.lock"
-RECORD_FILES = ("log.txt", "evaluate.txt", "metrics.jsonl")
+RECORD_FILES = ("log.txt", "evaluate.txt")  # metrics.jsonl: its tracker truncates it by step on resume
 
 
 class JobFolderError(RuntimeError):
