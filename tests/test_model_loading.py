@@ -77,5 +77,9 @@ def test_load_model_and_preprocess_reaches_a_trained_checkpoint(tmp_path):
     (folder / ckpt.COMPLETE_NAME).write_text("ok\n")
     model2, _, _ = load_model_and_preprocess("minigpt4qwen", "tiny", checkpoint=str(folder))
     torch.testing.assert_close(model2.llm_proj.weight, trained.llm_proj.weight)
+    # and so does the job folder around it (its config.yaml is the job's, not an export's)
+    (tmp_path / "config.yaml").write_text("model:\n  arch: minigpt4qwen\n  model_type: tiny\n")
+    model3, _, _ = load_model_and_preprocess("minigpt4qwen", "tiny", checkpoint=str(tmp_path))
+    torch.testing.assert_close(model3.llm_proj.weight, trained.llm_proj.weight)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model_and_preprocess("minigpt4qwen", "tiny", checkpoint=str(tmp_path / "nope.safetensors"))

@@ -50,8 +50,9 @@ def load_model(name: str, model_type: str | None = None, is_eval: bool = False, 
 
         if hf_blip2_convert.is_hf_folder(path):  # a transformers BLIP-2 / InstructBLIP save_pretrained folder
             return hf_blip2_convert.load_hf_model(path, name, model_type, is_eval=is_eval, device=device)
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, EXPORT_CONFIG_NAME)):
-            weights = path  # a runner checkpoint (plain or DeepSpeed) or a job folder
+        is_export = all(os.path.isfile(os.path.join(path, n)) for n in (EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME))
+        if os.path.isdir(path) and not is_export:
+            weights = path  # a runner checkpoint (plain or DeepSpeed) or a job folder (config.yaml + checkpoint_*)
         elif os.path.isdir(path):
             cfg_file, weights = os.path.join(path, EXPORT_CONFIG_NAME), os.path.join(path, EXPORT_WEIGHTS_NAME)
             for needed in (cfg_file, weights):
@@ -107,7 +108,7 @@ def load_model_and_preprocess(name: str, model_type: str | None = None, is_eval:
     exported = None
     if checkpoint is not None:
         folder = os.path.abspath(os.path.expanduser(str(checkpoint)))
-        if os.path.isfile(os.path.join(folder, EXPORT_CONFIG_NAME)):
+        if all(os.path.isfile(os.path.join(folder, n)) for n in (EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME)):
             exported = OmegaConf.load(os.path.join(folder, EXPORT_CONFIG_NAME))
             model_type = _model_section(exported).get("model_type", model_type)
     cfg = OmegaConf.load(model_cls.default_config_path(model_type))
