@@ -1,4 +1,4 @@
-"""Classification accuracy: top-k for zero-shot ImageNet, label accuracy for SNLI-VE.
+"""Classification helpers: the CLIP ImageNet prompt ensemble and SNLI-VE label extraction.
 
 ``OPENAI_IMAGENET_TEMPLATES`` are the 80 prompt templates of OpenAI's CLIP ImageNet zero-shot
 evaluation (the "prompt ensemble": a class's text embedding is the mean of its 80 normalised
@@ -7,8 +7,6 @@ template embeddings, normalised again).
 from __future__ import annotations
 
 import re
-
-import torch
 
 OPENAI_IMAGENET_TEMPLATES = (
     "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
@@ -35,16 +33,6 @@ OPENAI_IMAGENET_TEMPLATES = (
 
 # LAVIS's SNLI-VE class ids.
 SNLI_VE_LABELS = ("contradiction", "neutral", "entailment")
-
-
-def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> dict:
-    """``{k: number of rows whose target is among the k highest logits}`` (k capped at n_classes)."""
-    if logits.dim() != 2 or targets.shape != (logits.shape[0],):
-        raise ValueError(f"top-k accuracy needs logits [n, classes] and targets [n]; got "
-                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    right = top == targets.view(-1, 1)
-    return {k: int(right[:, :k].any(dim=1).sum()) for k in ks}
 
 
 _SNLI_VE_STEMS = {"contradiction": "contradict", "neutral": "neutral", "entailment": "entail"}

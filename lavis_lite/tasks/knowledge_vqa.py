@@ -1,0 +1,182 @@
+"""GQA and A-OKVQA evaluation tasks (``gqa``, ``aok_vqa``, LAVIS's task names). OK-VQA is the ``vqa``
+task (VQAv2 accuracy over its 10 answers): projects/minigpt4qwen/eval_okvqa.yaml.
+
+``gqa``: exact match after GQA's prediction cleaning (``run.gqa_normalization``: lavis | llava | none,
+see tasks/metrics/gqa_eval.py); the gold answers and, when present, ``types`` / ``isBalanced`` come
+from the split's annotation files (LAVIS's list of records) or from ``run.gqa_questions_files``
+(``{split: path}``, the official ``testdev_balanced_questions.json`` dict) for the per-type tables.
+
+``aok_vqa``: ``run.aokvqa_mode`` ``direct`` (default; direct-answer accuracy, prompt = ``run.prompt``)
+or ``multiple_choice`` (the choices are lettered in the prompt, the reply's letter -- else the one
+choice whose text it contains -- is the prediction). Annotations: A-OKVQA's records with
+``question_id``, ``choices``, ``correct_choice_idx``, ``direct_answers``, ``difficult_direct_answer``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from lavis_lite.common.registry import registry
+from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
+from lavis_lite.tasks.metrics.aokvqa_eval import aokvqa_scores
+from lavis_lite.tasks.metrics.gqa_eval import NORMALIZATIONS, gqa_scores, normalize_gqa_prediction
+from lavis_lite.tasks.metrics.mmbench_eval import LETTERS, extract_choice
+from lavis_lite.tasks.vqa import clean_answer
+
+logger = logging.getLogger(__name__)
+
+MC_SUFFIX = "Answer with the option's letter from the given choices directly."
+
+
+def read_question_records(paths) -> dict:
+    """``{str(question_id): record}`` from JSON lists / JSONL (LAVIS) or an official ``{qid: record}`` dict."""
+    out = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            data = [json.loads(line) for line in f if line.strip()] if str(path).endswith(".jsonl") else json.load(f)
+        if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+            data = data["annotations"]
+        if isinstance(data, dict):  # official GQA: {qid: {...}}
+            items = data.items()
+        elif isinstance(data, list):
+            items = []
+            for i, rec in enumerate(data):
+                if not isinstance(rec, dict) or "question_id" not in rec:
+                    raise KeyError(f"{path}: record #{i} has no 'question_id'")
+                items.append((rec["question_id"], rec))
+        else:
+            raise ValueError(f"{path}: expected a list of question records or a {{question_id: record}} dict")
+        for qid, rec in items:
+            out[str(qid)] = rec
+    return out
+
+
+class _AnnotatedVQATask(GenerativeEvalTask):
+    id_key = "question_id"
+    default_prompt = "{}\nAnswer the question using a single word or phrase."
+    default_max_new_tokens = 10
+    files_option = ""
+
+    def __init__(self, cfg=None, **kwargs):
+        super().__init__(cfg=cfg, **kwargs)
+        if "{}" not in self.prompt:
+            raise ValueError(f"{type(self).__name__}: run.prompt must contain '{{}}', got {self.prompt!r}")
+        self.annotation_files = dict(run_option(cfg, self.files_option, {}) or {})
+        self.dataset_ann_paths: list[str] = []
+        self._questions: dict | None = None
+
+    def prepare_references(self, dataset) -> None:
+        self.dataset_ann_paths = [p for part in leaf_datasets(dataset) for p in getattr(part, "ann_paths", [])]
+        self._questions = None
+
+    def questions(self, split_name: str | None = None) -> dict:
+        path = self.annotation_files.get(split_name) if split_name else None
+        if path:
+            return read_question_records([path] if isinstance(path, str) else list(path))
+        if self._questions is None:
+            if not self.dataset_ann_paths:
+                raise FileNotFoundError(f"{type(self).__name__}: no annotation files to read answers from; set "
+                                        f"run.{self.files_option}.<split>")
+            self._questions = read_question_records(self.dataset_ann_paths)
+        return self._questions
+
+
+@registry.register_task("gqa")
+class GQATask(_AnnotatedVQATask):
+    result_name = "gqa_result"
+    files_option = "gqa_questions_files"
+
+    def __init__(self, cfg=None, **kwargs):
+        super().__init__(cfg=cfg, **kwargs)
+        self.normalization = str(run_option(cfg, "gqa_normalization", "lavis"))
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"gqa: run.gqa_normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+    def valid_step(self, model, samples) -> list[dict]:
+        questions = samples["text_input"]
+        replies = self.generate(model, samples, [self.prompt.replace("{}", q) for q in questions])
+        inst = samples.get("instance_id", [None] * len(questions))
+        return [{"question_id": q, "prediction": r, "normalized": normalize_gqa_prediction(r, self.normalization),
+                 "instance_id": k} for q, r, k in zip(samples["question_id"], replies, inst)]
+
+    def compute_metrics(self, records, split_name):
+        questions = self.questions(split_name)
+        rows = []
+        for r in records:
+            q = questions.get(str(r["question_id"]))
+            if q is None:
+                raise KeyError(f"gqa: prediction for question_id {r['question_id']!r} has no annotation")
+            if q.get("answer") is None:
+                continue
+            types = q.get("types") or {}
+            rows.append({"prediction": r["prediction"], "answer": q["answer"], "is_balanced": q.get("isBalanced"),
+                         "structural": types.get("structural"), "semantic": types.get("semantic")})
+        if not rows:
+            logger.warning("gqa: split %r has no answers; %d predictions saved, not scored", split_name, len(records))
+            return {"agg_metrics": 0.0, "n": len(records), "scored": False}
+        scores = gqa_scores(rows, mode=self.normalization)
+        return {**scores, "agg_metrics": scores["accuracy"]}
+
+
+def mc_prompt(question: str, choices: list[str]) -> str:
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return f"{question}\n{options}\n{MC_SUFFIX}"
+
+
+@registry.register_task("aok_vqa")
+class AOKVQATask(_AnnotatedVQATask):
+    result_name = "aokvqa_result"
+    files_option = "aokvqa_annotation_files"
+
+    def __init__(self, cfg=None, **kwargs):
+        super().__init__(cfg=cfg, **kwargs)
+        self.mode = str(run_option(cfg, "aokvqa_mode", "direct"))
+        if self.mode not in ("direct", "multiple_choice"):
+            raise ValueError(f"aok_vqa: run.aokvqa_mode must be direct or multiple_choice, got {self.mode!r}")
+        if self.mode == "multiple_choice" and run_option(cfg, "prompt") is None:
+            self.prompt = "{}"  # the lettered choices and the instruction are built below
+
+    def valid_step(self, model, samples) -> list[dict]:
+        qids, questions = samples["question_id"], samples["text_input"]
+        if self.mode == "multiple_choice":
+            table = self.questions()
+            choices = []
+            for qid in qids:
+                rec = table.get(str(qid))
+                if rec is None or not rec.get("choices"):
+                    raise KeyError(f"aok_vqa: question {qid!r} has no 'choices' in {self.dataset_ann_paths}")
+                choices.append(list(rec["choices"]))
+            texts = [mc_prompt(q, c) for q, c in zip(questions, choices)]
+        else:
+            texts = questions
+        replies = self.generate(model, samples, [self.prompt.replace("{}", t) for t in texts])
+        inst = samples.get("instance_id", [None] * len(qids))
+        records = []
+        for i, (qid, reply) in enumerate(zip(qids, replies)):
+            if self.mode == "multiple_choice":
+                letter = extract_choice(reply, {LETTERS[j]: c for j, c in enumerate(choices[i])})
+                pred = choices[i][LETTERS.index(letter)] if letter in LETTERS[:len(choices[i])] else None
+            else:
+                pred = clean_answer(reply)
+            records.append({"question_id": qid, "reply": reply, "prediction": pred, "instance_id": inst[i]})
+        return records
+
+    def compute_metrics(self, records, split_name):
+        questions = self.questions(split_name)
+        key = "choices" if self.mode == "multiple_choice" else "direct_answers"
+        scored = {q: v for q, v in questions.items() if v.get(key) and
+                  (self.mode == "direct" or v.get("correct_choice_idx") is not None)}
+        if not scored:
+            logger.warning("aok_vqa: split %r has no %s; %d predictions saved, not scored", split_name, key, len(records))
+            return {"agg_metrics": 0.0, "n": len(records), "scored": False}
+        predicted = {str(r["question_id"]) for r in records}
+        scores = aokvqa_scores([r for r in records if r["prediction"] is not None], scored,
+                               multiple_choice=self.mode == "multiple_choice")
+        missing = sum(1 for q, v in scored.items() if q not in predicted and
+                      (self.mode == "multiple_choice" or not v.get("difficult_direct_answer", False)))
+        if missing:
+            logger.warning("aok_vqa: %d annotated questions of %r have no prediction (scored 0, as the official "
+                           "evaluation does)", missing, split_name)
+        name = "mc_accuracy" if self.mode == "multiple_choice" else "da_accuracy"
+        return {name: scores["accuracy"], "n": scores["n"], "n_missing": scores["n_missing"],
+                "agg_metrics": scores["accuracy"]}
