@@ -179,44 +179,71 @@ def test_mmbench_task_circular_end_to_end_with_scripted_replies(tmp_path, result
     assert model.prompts[0].endswith("Answer with the option's letter from the given choices directly.")
 
 
+class RecordsDataset(torch.utils.data.Dataset):
+    """An eval split of parsed records (as the zoo's VQA datasets hold them); samples carry ``fields``."""
+
+    def __init__(self, records, fields):
+        self.annotation, self.fields = records, fields
+
+    def __len__(self):
+        return len(self.annotation)
+
+    def __getitem__(self, i):
+        rec = self.annotation[i]
+        return {"image": torch.zeros(3, 4, 4), "text_input": rec["question"], "question_id": rec["question_id"],
+                "instance_id": str(i), **{k: rec[k] for k in self.fields}}
+
+    def collater(self, batch):
+        out = {"image": torch.stack([b["image"] for b in batch])}
+        out.update({k: [b[k] for b in batch] for k in batch[0] if k != "image"})
+        return out
+
+
 def test_gqa_task_normalises_predictions(tmp_path, result_dir):
     from lavis_lite.datasets.datasets.vqa_datasets import VQAEvalDataset
     ann = tmp_path / "testdev.json"
-    ann.write_text(json.dumps([
-        {"question_id": "q1", "image": "x.png", "question": "What is it?", "answer": "table",
-         "types": {"structural": "query", "semantic": "obj"}, "isBalanced": True},
-        {"question_id": "q2", "image": "x.png", "question": "Is it red?", "answer": "yes",
-         "types": {"structural": "verify", "semantic": "attr"}, "isBalanced": True}]))
+    ann.write_text(json.dumps([{"question_id": "q1", "image": "x.png", "question": "What is it?", "answer": "table"},
+                               {"question_id": "q2", "image": "x.png", "question": "Is it red?", "answer": "yes"}]))
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     proc = registry.get_processor_class("blip2_image_eval").from_config(OmegaConf.create({"image_size": 16}))
     ds = VQAEvalDataset(vis_processor=proc, vis_root=str(tmp_path), ann_paths=[str(ann)])
     replies = {"What is it?": "The table.", "Is it red?": "No"}
-    task = registry.get_task_class("gqa").setup_task(make_cfg())
     model = Scripted(lambda p: replies[p.split("\n")[0]])
-    _, metrics = _run(task, model, ds)
-    assert metrics["accuracy"] == 50.0 and metrics["open"] == 100.0 and metrics["binary"] == 0.0
+    task = registry.get_task_class("gqa").setup_task(make_cfg())
+    m = _run(task, model, ds)[1]
+    assert m["accuracy"] == 50.0 and "open" not in m  # gold answers from the parsed records, no types
+    official = tmp_path / "testdev_balanced_questions.json"  # the official {qid: question} file
+    official.write_text(json.dumps({
+        "q1": {"question": "What is it?", "answer": "table", "isBalanced": True,
+               "types": {"structural": "query", "semantic": "obj"}},
+        "q2": {"question": "Is it red?", "answer": "yes", "isBalanced": True,
+               "types": {"structural": "verify", "semantic": "attr"}}}))
+    task = registry.get_task_class("gqa").setup_task(make_cfg(gqa_questions_files={"test": str(official)}))
+    m = _run(task, model, ds)[1]
+    assert m["accuracy"] == 50.0 and m["open"] == 100.0 and m["binary"] == 0.0
+    assert m["per_semantic_type"] == {"attr": 0.0, "obj": 100.0}
     task = registry.get_task_class("gqa").setup_task(make_cfg(gqa_normalization="none"))
-    assert _run(task, model, ds)[1]["accuracy"] == 0.0
+    assert _run(task, model, ds)[1]["accuracy"] == 0.0  # "The table." != "table"
 
 
-def test_aokvqa_task_direct_and_multiple_choice(tmp_path, result_dir):
-    from lavis_lite.datasets.datasets.vqa_datasets import VQAEvalDataset
-    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
-    ann = tmp_path / "aokvqa_val.json"
-    ann.write_text(json.dumps([
-        {"question_id": "a", "image": "x.png", "question": "What animal?", "choices": ["dog", "cat", "cow", "pig"],
+def test_aokvqa_task_direct_and_multiple_choice(result_dir):
+    records = [
+        {"question_id": "a", "question": "What animal?", "choices": ["dog", "cat", "cow", "pig"],
          "correct_choice_idx": 1, "direct_answers": ["cat"] * 9 + ["kitten"], "difficult_direct_answer": False},
-        {"question_id": "b", "image": "x.png", "question": "What colour?", "choices": ["red", "blue", "gold", "tan"],
-         "correct_choice_idx": 0, "direct_answers": ["red"] * 2 + ["crimson"] * 8, "difficult_direct_answer": False}]))
-    proc = registry.get_processor_class("blip2_image_eval").from_config(OmegaConf.create({"image_size": 16}))
-    ds = VQAEvalDataset(vis_processor=proc, vis_root=str(tmp_path), ann_paths=[str(ann)])
+        {"question_id": "b", "question": "What colour?", "choices": ["red", "blue", "gold", "tan"],
+         "correct_choice_idx": 0, "direct_answers": ["red"] * 2 + ["crimson"] * 8, "difficult_direct_answer": False},
+        {"question_id": "c", "question": "Hard one?", "choices": ["x", "y", "z", "w"],
+         "correct_choice_idx": 3, "direct_answers": ["w"] * 10, "difficult_direct_answer": True}]
+    ds = RecordsDataset(records, fields=("choices",))
     da = registry.get_task_class("aok_vqa").setup_task(make_cfg())
-    _, m = _run(da, Scripted(lambda p: "Cat." if "animal" in p else "red"), ds, split="val")
-    assert m["da_accuracy"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    replies = {"What animal?": "Cat.", "What colour?": "red", "Hard one?": "w"}
+    _, m = _run(da, Scripted(lambda p: replies[p.split("\n")[0]]), ds, split="val")
+    assert m["da_accuracy"] == pytest.approx(100 * (1 + 2 / 3) / 2) and m["n"] == 2  # c is difficult: not scored
     mc = registry.get_task_class("aok_vqa").setup_task(make_cfg(aokvqa_mode="multiple_choice"))
-    model = Scripted(lambda p: "B" if "animal" in p else "I would say blue")
-    _, m = _run(mc, model, ds, split="val")
-    assert m["mc_accuracy"] == 50.0  # "B" = cat (right); "blue" by content = B (wrong: red)
+    replies = {"What animal?": "B", "What colour?": "I would say blue", "Hard one?": "no idea"}
+    model = Scripted(lambda p: replies[p.split("\n")[0]])
+    _, m = _run(mc, model, RecordsDataset(records, fields=()), split="val")  # choices read from the records
+    assert m["mc_accuracy"] == pytest.approx(100 / 3) and m["n"] == 3  # cat right; blue wrong; unmatched wrong
     assert model.prompts[0] == ("What animal?\nA. dog\nB. cat\nC. cow\nD. pig\n"
                                 "Answer with the option's letter from the given choices directly.")
 

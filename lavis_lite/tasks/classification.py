@@ -11,7 +11,7 @@ the label word). Accuracy in percent, also per label.
 templates)`` ([dim, n_classes] as LAVIS / open_clip return them; [n_classes, dim] is accepted), the
 image embeddings from ``model.encode_image(image)``; logits = 100 * normalised image embeddings @
 classifier. Class names: the dataset's ``classnames`` or ``run.classnames_file`` (one per line, in
-label order); templates: the dataset's ``templates``, ``run.templates_file``, else OpenAI's 80.
+label order); templates: ``run.templates_file``, else the dataset's ``templates``, else OpenAI's 80.
 """
 from __future__ import annotations
 
@@ -103,7 +103,9 @@ class ZeroShotClassificationTask(GenerativeEvalTask):
         if not classnames:
             raise ValueError("zero_shot_classification: no class names; the dataset has no 'classnames' and "
                              "run.classnames_file is not set")
-        templates = next((list(p.templates) for p in parts if getattr(p, "templates", None)), None)
+        # a dataset without configured templates holds the bare ["{}"]: that means "not set" here
+        templates = next((list(p.templates) for p in parts if getattr(p, "templates", None)
+                          and list(p.templates) != ["{}"]), None)
         if self.templates_file:
             templates = _read_lines(self.templates_file)
         templates = templates or list(OPENAI_IMAGENET_TEMPLATES)

@@ -2,14 +2,16 @@
 task (VQAv2 accuracy over its 10 answers): projects/minigpt4qwen/eval_okvqa.yaml.
 
 ``gqa``: exact match after GQA's prediction cleaning (``run.gqa_normalization``: lavis | llava | none,
-see tasks/metrics/gqa_eval.py); the gold answers and, when present, ``types`` / ``isBalanced`` come
-from the split's annotation files (LAVIS's list of records) or from ``run.gqa_questions_files``
-(``{split: path}``, the official ``testdev_balanced_questions.json`` dict) for the per-type tables.
+see tasks/metrics/gqa_eval.py); the gold answers come from the eval split's records, or from
+``run.gqa_questions_files`` (``{split: path}``: the official ``testdev_balanced_questions.json``
+dict, or LAVIS's list), which also give ``types`` / ``isBalanced`` for the per-type tables.
 
 ``aok_vqa``: ``run.aokvqa_mode`` ``direct`` (default; direct-answer accuracy, prompt = ``run.prompt``)
 or ``multiple_choice`` (the choices are lettered in the prompt, the reply's letter -- else the one
 choice whose text it contains -- is the prediction). Annotations: A-OKVQA's records with
-``question_id``, ``choices``, ``correct_choice_idx``, ``direct_answers``, ``difficult_direct_answer``.
+``question_id``, ``choices``, ``correct_choice_idx``, ``direct_answers``, ``difficult_direct_answer``
+(the eval split's records, or ``run.aokvqa_annotation_files.<split>``). A multiple-choice reply that
+names no single choice counts as wrong.
 """
 from __future__ import annotations
 
@@ -70,14 +72,20 @@ class _AnnotatedVQATask(GenerativeEvalTask):
         self._questions = None
 
     def questions(self, split_name: str | None = None) -> dict:
+        """``{str(question_id): record}``: ``run.<files_option>.<split>`` when given, else the eval
+        dataset's parsed records, else its annotation files."""
         path = self.annotation_files.get(split_name) if split_name else None
         if path:
             return read_question_records([path] if isinstance(path, str) else list(path))
         if self._questions is None:
-            if not self.dataset_ann_paths:
-                raise FileNotFoundError(f"{type(self).__name__}: no annotation files to read answers from; set "
+            records = [a for part in leaf_datasets(self.eval_dataset) for a in getattr(part, "annotation", None) or []]
+            if records and all(isinstance(a, dict) and "question_id" in a for a in records):
+                self._questions = {str(a["question_id"]): a for a in records}
+            elif self.dataset_ann_paths:
+                self._questions = read_question_records(self.dataset_ann_paths)
+            else:
+                raise FileNotFoundError(f"{type(self).__name__}: no question records to score against; set "
                                         f"run.{self.files_option}.<split>")
-            self._questions = read_question_records(self.dataset_ann_paths)
         return self._questions
 
 
@@ -106,10 +114,11 @@ class GQATask(_AnnotatedVQATask):
             q = questions.get(str(r["question_id"]))
             if q is None:
                 raise KeyError(f"gqa: prediction for question_id {r['question_id']!r} has no annotation")
-            if q.get("answer") is None:
+            answer = q.get("answer", (q.get("answers") or [None])[0])  # raw record, or a parsed VQA record
+            if answer is None:
                 continue
             types = q.get("types") or {}
-            rows.append({"prediction": r["prediction"], "answer": q["answer"], "is_balanced": q.get("isBalanced"),
+            rows.append({"prediction": r["prediction"], "answer": answer, "is_balanced": q.get("isBalanced"),
                          "structural": types.get("structural"), "semantic": types.get("semantic")})
         if not rows:
             logger.warning("gqa: split %r has no answers; %d predictions saved, not scored", split_name, len(records))
@@ -139,13 +148,14 @@ class AOKVQATask(_AnnotatedVQATask):
     def valid_step(self, model, samples) -> list[dict]:
         qids, questions = samples["question_id"], samples["text_input"]
         if self.mode == "multiple_choice":
-            table = self.questions()
-            choices = []
-            for qid in qids:
-                rec = table.get(str(qid))
-                if rec is None or not rec.get("choices"):
-                    raise KeyError(f"aok_vqa: question {qid!r} has no 'choices' in {self.dataset_ann_paths}")
-                choices.append(list(rec["choices"]))
+            choices = samples.get("choices")
+            if choices is None:  # a dataset whose samples do not carry them: its records do
+                table = self.questions()
+                choices = [(table.get(str(qid)) or {}).get("choices") for qid in qids]
+            for qid, c in zip(qids, choices):
+                if not c:
+                    raise KeyError(f"aok_vqa: question {qid!r} has no 'choices' (multiple-choice mode)")
+            choices = [list(c) for c in choices]
             texts = [mc_prompt(q, c) for q, c in zip(questions, choices)]
         else:
             texts = questions
