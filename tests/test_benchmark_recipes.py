@@ -46,3 +46,10 @@ def test_recipe_task_and_dataset(recipe):
         assert split in list(info.splits)
     else:
         assert info.annotations[split] is not None and info.annotations[split].storage
+
+
+def test_every_recipe_is_documented():
+    with open(os.path.join(ROOT, "docs", "benchmarks.md")) as f:
+        doc = f.read()
+    for recipe in RECIPES:
+        assert os.path.basename(recipe) in doc, recipe
