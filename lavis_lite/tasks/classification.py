@@ -130,6 +130,11 @@ class ZeroShotClassificationTask(GenerativeEvalTask):
         logger.info("zero-shot classifier: %d classes x %d templates", n, len(templates))
         return weights
 
+    def before_evaluation(self, model, dataset, **kwargs):
+        # Not the model's own before_evaluation hook: a CLIP model would build a classifier there too,
+        # and this task builds the one it scores with (its templates) on the first batch.
+        self.eval_dataset = dataset
+
     def prepare_references(self, dataset) -> None:
         self._dataset = dataset
 
@@ -141,6 +146,8 @@ class ZeroShotClassificationTask(GenerativeEvalTask):
         net = _unwrap(model)
         if self.classifier is None:
             self.classifier = self.build_classifier(model, self._dataset)
+        if not callable(getattr(net, "encode_image", None)):
+            raise TypeError(f"zero_shot_classification needs model.encode_image(image); {type(net).__name__} has none")
         feats = F.normalize(net.encode_image(samples["image"]).float(), dim=-1)
         logits = 100.0 * feats @ self.classifier.to(feats.device, torch.float32)
         labels = samples["label"] if "label" in samples else samples["target"]
