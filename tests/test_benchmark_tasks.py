@@ -81,6 +81,19 @@ def test_mme_reads_the_lmms_lab_parquet(tmp_path):
     assert {a["image_name"] for a in ds.annotation} == {"code_reasoning/0020.png"}
 
 
+def test_mme_reads_the_vlmevalkit_tsv(tmp_path):
+    path = tmp_path / "MME.tsv"
+    image = base64.b64encode(bf._png("red")).decode()
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["index", "image", "question", "answer", "category", "image_path"])
+        w.writerow([0, image, "Is it red? Please answer yes or no.", "Yes", "color", "color/000.png"])
+        w.writerow([1, image, "Is it blue? Please answer yes or no.", "No", "color", "color/000.png"])
+    ds = build("mme", str(path))
+    assert [a["answer"] for a in ds.annotation] == ["Yes", "No"] and ds[1]["image"].shape == (3, 16, 16)
+    assert {a["image_name"] for a in ds.annotation} == {"color/000.png"}  # the two questions of one image
+
+
 def test_mme_bad_line_names_file_and_missing_folder_names_layout(tmp_path):
     root = bf.write_mme(tmp_path)
     with open(os.path.join(root, "existence", "0000.txt"), "a") as f:
@@ -239,6 +252,9 @@ def test_aokvqa_task_direct_and_multiple_choice(result_dir):
     replies = {"What animal?": "Cat.", "What colour?": "red", "Hard one?": "w"}
     _, m = _run(da, Scripted(lambda p: replies[p.split("\n")[0]]), ds, split="val")
     assert m["da_accuracy"] == pytest.approx(100 * (1 + 2 / 3) / 2) and m["n"] == 2  # c is difficult: not scored
+    # VQAv2 scorer: "cat." normalised -> cat, 9/10 subsets have >= 3 "cat" -> 1; "red": 10 leave-one-out
+    # subsets, 8 keep both "red" (2/3), 2 keep one (1/3) -> 0.6
+    assert m["vqav2_accuracy"] == pytest.approx(100 * (1 + 0.6) / 2)
     mc = registry.get_task_class("aok_vqa").setup_task(make_cfg(aokvqa_mode="multiple_choice"))
     replies = {"What animal?": "B", "What colour?": "I would say blue", "Hard one?": "no idea"}
     model = Scripted(lambda p: replies[p.split("\n")[0]])

@@ -6,7 +6,8 @@ see tasks/metrics/gqa_eval.py); the gold answers come from the eval split's reco
 ``run.gqa_questions_files`` (``{split: path}``: the official ``testdev_balanced_questions.json``
 dict, or LAVIS's list), which also give ``types`` / ``isBalanced`` for the per-type tables.
 
-``aok_vqa``: ``run.aokvqa_mode`` ``direct`` (default; direct-answer accuracy, prompt = ``run.prompt``)
+``aok_vqa``: ``run.aokvqa_mode`` ``direct`` (default; direct-answer accuracy, prompt = ``run.prompt``;
+also ``vqav2_accuracy``: the same questions through the VQAv2 scorer)
 or ``multiple_choice`` (the choices are lettered in the prompt, the reply's letter -- else the one
 choice whose text it contains -- is the prediction). Annotations: A-OKVQA's records with
 ``question_id``, ``choices``, ``correct_choice_idx``, ``direct_answers``, ``difficult_direct_answer``
@@ -23,6 +24,7 @@ from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, 
 from lavis_lite.tasks.metrics.aokvqa_eval import aokvqa_scores
 from lavis_lite.tasks.metrics.gqa_eval import NORMALIZATIONS, gqa_scores, normalize_gqa_prediction
 from lavis_lite.tasks.metrics.mmbench_eval import LETTERS, extract_choice
+from lavis_lite.tasks.metrics.vqa_eval import vqa_accuracy
 from lavis_lite.tasks.vqa import clean_answer
 
 logger = logging.getLogger(__name__)
@@ -188,5 +190,11 @@ class AOKVQATask(_AnnotatedVQATask):
             logger.warning("aok_vqa: %d annotated questions of %r have no prediction (scored 0, as the official "
                            "evaluation does)", missing, split_name)
         name = "mc_accuracy" if self.mode == "multiple_choice" else "da_accuracy"
-        return {name: scores["accuracy"], "n": scores["n"], "n_missing": scores["n_missing"],
-                "agg_metrics": scores["accuracy"]}
+        out = {name: scores["accuracy"], "n": scores["n"], "n_missing": scores["n_missing"],
+               "agg_metrics": scores["accuracy"]}
+        if self.mode == "direct":  # the same questions with the VQAv2 scorer (normalisation, leave-one-out)
+            preds = {str(r["question_id"]): r["prediction"] for r in records}
+            accs = [vqa_accuracy(preds.get(q, ""), v["direct_answers"]) for q, v in scored.items()
+                    if not v.get("difficult_direct_answer", False)]
+            out["vqav2_accuracy"] = 100.0 * sum(accs) / len(accs)
+        return out
