@@ -32,7 +32,7 @@ def write_mme(root) -> str:
                 f.write(_png(color))
             with open(os.path.join(qa_dir, name + ".txt"), "w") as f:
                 f.write(f"Is the image {color}? Please answer yes or no.\tYes\n")
-                f.write(f"Is the image green? Please answer yes or no.\tNo\n")
+                f.write("Is the image green? Please answer yes or no.\tNo\n")
     return root
 
 

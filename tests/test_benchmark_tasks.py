@@ -181,7 +181,7 @@ def test_mmbench_task_circular_end_to_end_with_scripted_replies(tmp_path, result
     task = registry.get_task_class("mmbench").setup_task(make_cfg())
     # always "B": question 1 (answer B at shift 0) is right at shift 0 only -> fails CircularEval
     model = Scripted(lambda p: "B. the second one")
-    records, metrics = _run(task, model, ds)
+    _, metrics = _run(task, model, ds)
     assert model.prompts[0].startswith("Hint: A plain square.\nQuestion: What colour is the image?\nOptions:\nA. red\n")
     assert metrics["overall"] == 0.0 and metrics["vanilla"] == 50.0 and metrics["n_variants"] == 5
     model = Scripted(lambda p: next(line[0] for line in p.splitlines() if line.endswith(". red") or

@@ -49,7 +49,7 @@ def read_question_records(paths) -> dict:
                     raise KeyError(f"{path}: record #{i} has no 'question_id'")
                 items.append((rec["question_id"], rec))
         else:
-            raise ValueError(f"{path}: expected a list of question records or a {{question_id: record}} dict")
+            raise TypeError(f"{path}: expected a list of question records or a {{question_id: record}} dict")
         for qid, rec in items:
             out[str(qid)] = rec
     return out

@@ -23,7 +23,7 @@ from lavis_lite.common import dist_utils
 from lavis_lite.common.logger import MetricLogger
 from lavis_lite.common.registry import registry
 from lavis_lite.tasks.base_task import BaseTask, _unwrap, move_to_device
-from lavis_lite.tasks.metrics.retrieval_eval import TIE_MODES, recall_at_k  # noqa: F401  (re-exported)
+from lavis_lite.tasks.metrics.retrieval_eval import TIE_MODES, recall_at_k  # recall_at_k is also imported from here
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 import sys
 
@@ -108,7 +109,7 @@ def _decode_base64(text: str, where: str) -> bytes:
 
 
 def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or str(value).strip() in ("", "nan", "NaN")
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in ("", "nan", "NaN")
 
 
 # ---- MME --------------------------------------------------------------------------------------
