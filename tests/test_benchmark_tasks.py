@@ -260,6 +260,7 @@ def test_aokvqa_task_direct_and_multiple_choice(result_dir):
     model = Scripted(lambda p: replies[p.split("\n")[0]])
     _, m = _run(mc, model, RecordsDataset(records, fields=()), split="val")  # choices read from the records
     assert m["mc_accuracy"] == pytest.approx(100 / 3) and m["n"] == 3  # cat right; blue wrong; unmatched wrong
+    assert m["n_unmatched"] == 1 and m["n_missing"] == 0
     assert model.prompts[0] == ("What animal?\nA. dog\nB. cat\nC. cow\nD. pig\n"
                                 "Answer with the option's letter from the given choices directly.")
 

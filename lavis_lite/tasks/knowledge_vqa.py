@@ -181,17 +181,15 @@ class AOKVQATask(_AnnotatedVQATask):
         if not scored:
             logger.warning("aok_vqa: split %r has no %s; %d predictions saved, not scored", split_name, key, len(records))
             return {"agg_metrics": 0.0, "n": len(records), "scored": False}
-        predicted = {str(r["question_id"]) for r in records}
-        scores = aokvqa_scores([r for r in records if r["prediction"] is not None], scored,
-                               multiple_choice=self.mode == "multiple_choice")
-        missing = sum(1 for q, v in scored.items() if q not in predicted and
-                      (self.mode == "multiple_choice" or not v.get("difficult_direct_answer", False)))
+        # an unmatched multiple-choice reply (prediction None) equals no choice: scored 0
+        scores = aokvqa_scores(records, scored, multiple_choice=self.mode == "multiple_choice")
+        missing = scores["n_missing"]
         if missing:
             logger.warning("aok_vqa: %d annotated questions of %r have no prediction (scored 0, as the official "
                            "evaluation does)", missing, split_name)
         name = "mc_accuracy" if self.mode == "multiple_choice" else "da_accuracy"
-        out = {name: scores["accuracy"], "n": scores["n"], "n_missing": scores["n_missing"],
-               "agg_metrics": scores["accuracy"]}
+        out = {name: scores["accuracy"], "n": scores["n"], "n_missing": missing,
+               "n_unmatched": sum(r["prediction"] is None for r in records), "agg_metrics": scores["accuracy"]}
         if self.mode == "direct":  # the same questions with the VQAv2 scorer (normalisation, leave-one-out)
             preds = {str(r["question_id"]): r["prediction"] for r in records}
             accs = [vqa_accuracy(preds.get(q, ""), v["direct_answers"]) for q, v in scored.items()
