@@ -63,7 +63,8 @@ def write_pope(root) -> tuple[list[str], str]:
             f.write(_png(color))
     files = []
     for split in ("random", "popular", "adversarial"):
-        path = os.path.join(root, f"coco_pope_{split}.jsonl")
+        # the POPE repository names its JSON-lines files .json; repacks use .jsonl
+        path = os.path.join(root, f"coco_pope_{split}.{'json' if split == 'random' else 'jsonl'}")
         with open(path, "w") as f:
             for q in range(4):
                 f.write(json.dumps({"question_id": q + 1, "image": f"COCO_val2014_{q % 2:012d}.jpg",

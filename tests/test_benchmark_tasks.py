@@ -139,6 +139,11 @@ def test_pope_tags_each_split(tmp_path):
     assert sorted({a["pope_split"] for a in ds.annotation}) == ["adversarial", "popular", "random"]
     assert len({a["instance_id"] for a in ds.annotation}) == 12  # question ids repeat across splits
     assert ds[0]["question"] == "Is there a dog in the image?" and ds[0]["label"] == "yes"
+    as_list = tmp_path / "coco_pope_popular_list.json"  # a repack as one JSON list
+    as_list.write_text(json.dumps([{"question_id": 9, "image": "COCO_val2014_000000000000.jpg",
+                                    "text": "Is there a cat in the image?", "label": "no"}]))
+    one = build("pope", [str(as_list)], images=images)
+    assert one.annotation[0]["pope_split"] == "popular" and one.annotation[0]["instance_id"] == "popular/9"
 
 
 def test_scienceqa_img_keeps_test_problems_with_images(tmp_path):

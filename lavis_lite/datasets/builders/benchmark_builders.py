@@ -20,7 +20,8 @@ LAYOUTS = {
     "mme": "MME_Benchmark_release_version/<subtask>/[images/ + questions_answers_YES_NO/]*.txt, "
            "or lmms-lab MME *.parquet, or VLMEvalKit MME.tsv",
     "mmbench": "MMBench_DEV_EN.tsv (index, question, hint, A-D, answer, category, l2-category, image base64)",
-    "pope": "coco_pope_{random,popular,adversarial}.jsonl + COCO val2014 images under build_info.images.storage",
+    "pope": "coco_pope_{random,popular,adversarial}.json (JSON lines) + COCO val2014 images under "
+            "build_info.images.storage",
     "scienceqa": "a folder with problems.json, pid_splits.json and images/<split>/<pid>/image.png",
 }
 

@@ -8,7 +8,8 @@ Layouts (see docs/benchmarks.md):
     ``questions_answers_YES_NO/<image stem>.txt`` or the images and ``<image stem>.txt`` side by side;
     each txt line is ``question<TAB>Yes|No``. Or lmms-lab's ``*.parquet`` files / a VLMEvalKit ``MME.tsv``.
   - MMBench: the TSV (index, question, hint, A..D, answer, category, l2-category, image as base64).
-  - POPE: ``coco_pope_{random,popular,adversarial}.jsonl`` lines ``{"question_id","image","text","label"}``,
+  - POPE: ``coco_pope_{random,popular,adversarial}.json`` (JSON lines, as in the POPE repository; ``.jsonl``
+    or a JSON list work too), one ``{"question_id","image","text","label"}`` per line,
     images under the builder's ``images`` storage (COCO val2014).
   - ScienceQA: the folder with ``problems.json``, ``pid_splits.json`` and ``images/<split>/<pid>/``.
 """
@@ -241,9 +242,16 @@ class POPEDataset(BenchmarkDataset):
         self._pope_split = next((s for s in ("random", "popular", "adversarial") if s in name),
                                 os.path.splitext(os.path.basename(path))[0])
         with open(path, encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-        out = []
-        for i, line in enumerate(lines):
+            text = f.read()
+        if text.lstrip().startswith("["):  # a repack as one JSON list
+            try:
+                return list(enumerate(json.loads(text)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}: malformed JSON list ({err})") from None
+        out = []  # the release: one JSON object per line (named .json in the POPE repository)
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
             try:
                 out.append((i, json.loads(line)))
             except json.JSONDecodeError as err:
