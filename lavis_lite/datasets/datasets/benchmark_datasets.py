@@ -139,7 +139,7 @@ class MMEDataset(BenchmarkDataset):
                 stem = os.path.splitext(os.path.basename(txt))[0]
                 image = next((os.path.join(image_dir, stem + e) for e in _IMAGE_EXTS
                               if os.path.isfile(os.path.join(image_dir, stem + e))), None)
-                with open(txt, encoding="utf-8") as f:
+                with open(txt, encoding="utf-8-sig") as f:  # tolerate a BOM
                     lines = [line.rstrip("\n") for line in f if line.strip()]
                 for k, line in enumerate(lines):
                     records.append({"_file": txt, "_line": k + 1, "line": line, "category": task, "image": image,
