@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from lavis_lite.common import dist_utils
 from lavis_lite.common.logger import MetricLogger
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import RetrievalKeys
 from lavis_lite.tasks.base_task import BaseTask, _unwrap, move_to_device
 from lavis_lite.tasks.metrics.retrieval_eval import TIE_MODES, recall_at_k  # recall_at_k is also imported from here
 
@@ -88,8 +90,15 @@ def _with_captions_from_files(records: list[dict], ann_paths: list[str]) -> list
     return out
 
 
+@dataclass
+class RetrievalTieKeys(RetrievalKeys):
+    retrieval_tie_mode: str = "argsort"  # argsort (LAVIS) | expected (tie-aware)
+
+
 @registry.register_task("retrieval")
 class RetrievalTask(BaseTask):
+    run_schema = RetrievalTieKeys  # declared run: keys (lavis_lite/common/run_schema.py)
+
     def __init__(self, cfg=None, k_test: int = 128, text_batch_size: int = 256, tie_mode: str = "argsort",
                  **kwargs):
         super().__init__(cfg=cfg, **kwargs)
@@ -113,6 +122,8 @@ class RetrievalTask(BaseTask):
         image_ids, texts, img2txt, txt2img = retrieval_ground_truth(data_loader.dataset)
         # Images of this rank's shard, then gathered so that every rank ranks against all of them.
         rerank = self.k_test > 0 and hasattr(net, "itm_scores")
+        # BLIP ranks by the [CLS] feature only; BLIP-2 by the best of its query features (all of them).
+        n_feature_tokens = getattr(net, "retrieval_feature_tokens", None)
         local = []
         for samples in MetricLogger().log_every(data_loader, log_freq, header="Retrieval images", logger=logger):
             samples = move_to_device(samples, device)
@@ -121,7 +132,7 @@ class RetrievalTask(BaseTask):
                 image_id = image_id.item() if isinstance(image_id, torch.Tensor) else image_id
                 # The image encoder's output is kept only for ITM re-ranking (it is large).
                 frozen = feats.image_embeds_frozen[j].cpu() if rerank else None
-                local.append((str(image_id), feats.image_embeds_proj[j].cpu(), frozen))
+                local.append((str(image_id), feats.image_embeds_proj[j, :n_feature_tokens].cpu(), frozen))
         gathered = [local]
         if dist_utils.is_dist_avail_and_initialized():
             gathered = [None] * dist_utils.get_world_size()
