@@ -45,9 +45,10 @@ def _evaluate(recipe, layout, tmp_path, monkeypatch, model, reply=None, options=
     evaluate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evaluate)
     out = tmp_path / "out"
+    generation = [] if cfg.run.task == "retrieval" else ["run.max_new_tokens=3"]  # retrieval does not generate
     metrics = evaluate.main(["--cfg-path", str(tmp_path / "run.yaml"), "--job-id", "zoo", "--options",
                              "run.device=cpu", "run.amp=false", "run.num_workers=0", "run.batch_size_eval=4",
-                             f"run.output_dir={out}", "run.progress_bar=false", "run.max_new_tokens=3", *options])
+                             f"run.output_dir={out}", "run.progress_bar=false", *generation, *options])
     (split,) = list(metrics)
     on_disk = json.loads((out / "zoo" / "result" / f"{split}_metrics.json").read_text())
     return metrics[split], on_disk, cache

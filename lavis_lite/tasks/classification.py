@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import GenerationKeys
 from lavis_lite.tasks.base_task import _unwrap
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
 from lavis_lite.tasks.metrics.classification_eval import OPENAI_IMAGENET_TEMPLATES, SNLI_VE_LABELS, snli_ve_label
@@ -85,8 +88,15 @@ def _read_lines(path) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
+@dataclass
+class ZeroShotKeys(GenerationKeys):
+    classnames_file: Optional[str] = None
+    templates_file: Optional[str] = None
+
+
 @registry.register_task("zero_shot_classification")
 class ZeroShotClassificationTask(GenerativeEvalTask):
+    run_schema = ZeroShotKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     result_name = "zero_shot_result"
 
     def __init__(self, cfg=None, **kwargs):

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import GenerationKeys
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
 from lavis_lite.tasks.metrics.aokvqa_eval import aokvqa_scores
 from lavis_lite.tasks.metrics.gqa_eval import NORMALIZATIONS, gqa_scores, normalize_gqa_prediction
@@ -91,8 +94,21 @@ class _AnnotatedVQATask(GenerativeEvalTask):
         return self._questions
 
 
+@dataclass
+class GQAKeys(GenerationKeys):
+    gqa_normalization: str = "lavis"
+    gqa_questions_files: Any = None
+
+
+@dataclass
+class AOKVQAKeys(GenerationKeys):
+    aokvqa_mode: str = "direct"
+    aokvqa_annotation_files: Any = None
+
+
 @registry.register_task("gqa")
 class GQATask(_AnnotatedVQATask):
+    run_schema = GQAKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     result_name = "gqa_result"
     files_option = "gqa_questions_files"
 
@@ -136,6 +152,7 @@ def mc_prompt(question: str, choices: list[str]) -> str:
 
 @registry.register_task("aok_vqa")
 class AOKVQATask(_AnnotatedVQATask):
+    run_schema = AOKVQAKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     result_name = "aokvqa_result"
     files_option = "aokvqa_annotation_files"
 

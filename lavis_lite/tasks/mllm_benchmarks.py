@@ -9,7 +9,10 @@ LLaVA-1.5's MME / POPE suffix. The datasets are the builders of the same names
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import GenerationKeys
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_option
 from lavis_lite.tasks.metrics import mmbench_eval, scienceqa_eval
 from lavis_lite.tasks.metrics.mme_eval import mme_scores
@@ -79,10 +82,17 @@ class POPETask(BenchmarkTask):
         return {**scores, "agg_metrics": scores["f1"]}
 
 
+@dataclass
+class MMBenchKeys(GenerationKeys):
+    mmbench_prompt_style: str = "mmbench"
+    mmbench_lang: str = "en"
+
+
 @registry.register_task("mmbench")
 class MMBenchTask(BenchmarkTask):
     """Run options: ``mmbench_prompt_style`` (mmbench | llava, default mmbench), ``mmbench_lang`` (en | cn)."""
 
+    run_schema = MMBenchKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     result_name = "mmbench_result"
     default_max_new_tokens = 32
     kept_fields = ("g_index", "shift", "options", "answer", "category", "l2_category")

@@ -9,6 +9,8 @@ dataset class as keyword arguments, with the split name as ``split``.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from lavis_lite.common.config import ConfigError
 from lavis_lite.datasets.builders.base_dataset_builder import (BaseDatasetBuilder, as_list, register_dataset_builder,
@@ -26,7 +28,13 @@ LAYOUTS = {
 }
 
 
+@dataclass
+class BenchmarkDatasetKeys:
+    dataset_options: Any = None  # keyword arguments of the dataset class (circular, pid_split, images_only, ...)
+
+
 class LocalBenchmarkBuilder(BaseDatasetBuilder):
+    config_schema = BenchmarkDatasetKeys  # declared dataset keys (lavis_lite/common/run_schema.py)
     def fetch_annotations(self) -> None:
         for split, info in self._split_infos().items():
             storages = as_list(info.get("storage", None))
