@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from lavis_lite.datasets.datasets.base_dataset import BaseDataset
-from lavis_lite.datasets.datasets.errors import DataError, ErrorPolicy, record_error
+from lavis_lite.datasets.datasets.errors import DataError
 from lavis_lite.processors.image_processors import to_rgb
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
@@ -43,30 +43,14 @@ class BenchmarkDataset(BaseDataset):
                  max_skip_fraction=0.05, split="test", **options):
         self.split = split
         self.options = options
-        self.vis_root = vis_root
-        self.ann_paths = [str(p) for p in ann_paths]
-        self.policy = ErrorPolicy(on_error, max_skip_fraction)
-        self.annotation, self._sources = [], []
+        super().__init__(vis_processor, text_processor, vis_root, ann_paths, on_error, max_skip_fraction)
+
+    def iter_records(self):
         for path in self.ann_paths:
             if not os.path.exists(path):
                 raise DataError(f"{type(self).__name__}: {path} does not exist")
             for index, record in self.read_records(path):
-                self.policy.load_total += 1
-                try:
-                    parsed = self.parse_record(record)
-                except (ValueError, KeyError, TypeError) as err:
-                    reason = f"missing key {err}" if type(err) is KeyError else str(err)
-                    self.policy.on_bad_record(record_error(path, index, reason))
-                    continue
-                for one in parsed if isinstance(parsed, list) else [parsed]:
-                    self.annotation.append(one)
-                    self._sources.append((path, index))
-        what = ", ".join(self.ann_paths) or "(no files)"
-        if not self.annotation:
-            raise DataError(f"empty split: {what} hold no usable records")
-        self.policy.check_load(what)
-        self._add_instance_ids()
-        self.set_processors(vis_processor, text_processor)
+                yield path, index, record
 
     def read_records(self, path: str) -> list[tuple[int, dict]]:
         raise NotImplementedError
@@ -192,14 +176,23 @@ class MMBenchDataset(BenchmarkDataset):
     fields = ("g_index", "shift", "question", "hint", "options", "answer", "category", "l2_category")
 
     def read_records(self, path):
+        from lavis_lite.tasks.metrics.mmbench_eval import CIRCULAR_OFFSET, LETTERS
+
         rows = read_tsv(path)
         self._images = {}
         for _, row in rows:
             image = row.get("image")
             if image and not (len(image) <= 64 and image.strip().isdigit()):
                 self._images[str(row["index"]).strip()] = image
-        self._has_copies = any(int(float(r["index"])) >= 1_000_000 for _, r in rows)
-        return rows
+        has_copies = any(int(float(r["index"])) >= CIRCULAR_OFFSET for _, r in rows)
+        circular = self.options.get("circular", True) and not has_copies
+        out = []
+        for i, row in rows:
+            # one record per variant; a row the parser rejects is one bad record
+            n_options = sum(1 for c in LETTERS if c in row and not _blank(row[c]))
+            shifts = n_options if circular and not _blank(row.get("answer")) and n_options >= 2 else 1
+            out.extend((i, {**row, "_shift": k if circular else None}) for k in range(shifts))
+        return out
 
     def parse_record(self, row):
         from lavis_lite.tasks.metrics.mmbench_eval import CIRCULAR_OFFSET, LETTERS, circular_variants
@@ -216,15 +209,16 @@ class MMBenchDataset(BenchmarkDataset):
         if len(options) < 2:
             raise ValueError(f"MMBench row {index} has {len(options)} options")
         answer = None if _blank(row.get("answer")) else str(row["answer"]).strip()
-        base = {"question": str(row["question"]), "hint": None if _blank(row.get("hint")) else str(row["hint"]),
-                "category": row.get("category"), "l2_category": row.get("l2-category", row.get("l2_category")),
-                "image_b64": image}
-        if self._has_copies or not self.options.get("circular", True) or answer is None:
-            return dict(base, g_index=index % CIRCULAR_OFFSET, shift=index // CIRCULAR_OFFSET, options=options,
-                        answer=answer, instance_id=str(index))
-        g_index = index
-        return [dict(base, g_index=g_index, shift=k, options=opts, answer=ans, instance_id=f"{g_index}_{k}")
-                for k, (opts, ans) in enumerate(circular_variants(options, answer))]
+        record = {"question": str(row["question"]), "hint": None if _blank(row.get("hint")) else str(row["hint"]),
+                  "category": row.get("category"), "l2_category": row.get("l2-category", row.get("l2_category")),
+                  "image_b64": image, "options": options, "answer": answer}
+        if row["_shift"] is None or answer is None:  # as released (circular copies at index + k * 1e6)
+            return dict(record, g_index=index % CIRCULAR_OFFSET, shift=index // CIRCULAR_OFFSET,
+                        instance_id=str(index))
+        shift = row["_shift"]
+        options, answer = circular_variants(options, answer)[shift]
+        return dict(record, g_index=index, shift=shift, options=options, answer=answer,
+                    instance_id=f"{index}_{shift}")
 
     def image_from_record(self, ann):
         return super().image_from_record({"image_bytes": _decode_base64(ann["image_b64"], f"MMBench {ann['g_index']}")})
