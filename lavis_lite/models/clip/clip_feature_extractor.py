@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 # Our open_clip architectures (the tiny test model), registered with open_clip on first use.
 OPEN_CLIP_CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
 CONFIG_KEYS = frozenset({"arch", "model_type", "preprocess", "checkpoint", "open_clip_name", "quick_gelu",
-                         "pretrained", "load_pretrained", "precision"})
+                         "pretrained", "load_pretrained", "precision", "partial_load"})
 # Scale of LAVIS's zero-shot logits (``100.0 * image_features @ classifier``).
 ZERO_SHOT_LOGIT_SCALE = 100.0
 # Non-tensor entries of OpenAI's TorchScript release files.
@@ -152,8 +152,8 @@ class ClipFeatureExtractor(BaseModel):
             model.load_open_clip_checkpoint(weights)
         else:
             logger.info("clip_feature_extractor %s: random init (load_pretrained: False)", name)
-        if checkpoint:
-            model.load_checkpoint(checkpoint)
+        if checkpoint:  # a file lacking trainable parameters is refused unless partial_load is set
+            model.load_checkpoint(checkpoint, partial=bool(cfg.get("partial_load", False)))
         return model
 
     @staticmethod
