@@ -194,3 +194,12 @@ def test_missing_logger_package_fails_before_the_model_is_built(tmp_path, monkey
         launch.build_job(["--cfg-path", path])
     assert built == []
     assert not (tmp_path / "out").exists()  # nothing written, no job folder
+
+
+def test_scalar_items_flatten_one_level_and_skip_what_is_not_a_finite_number():
+    import numpy as np
+    from lavis_lite.common.trackers import scalar_items
+    record = {"kind": "eval", "split": "val", "step": 3, "epoch": 0, "agg_metrics": np.float32(0.5),
+              "per_type": {"colour": 1.0, "name": "x"}, "note": "s", "bad": float("nan"), "flag": True}
+    assert scalar_items(record) == {"val/agg_metrics": 0.5, "val/per_type/colour": 1.0}
+    assert scalar_items({"kind": "train", "step": 1, "loss": 2.0, "steps": 4}) == {"train/loss": 2.0}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -95,7 +96,7 @@ def scalar_items(record: dict) -> dict[str, float]:
             continue
         items = v.items() if isinstance(v, dict) else [(None, v)]  # one level of nesting: per-type metrics
         for sub, value in items:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
                 continue
             out[f"{prefix}/{k}" + (f"/{sub}" if sub is not None else "")] = float(value)
     return out
