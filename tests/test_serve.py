@@ -91,6 +91,22 @@ def test_streaming_gives_the_same_text_as_one_response(server):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+def test_a_client_leaving_mid_stream_leaves_the_server_serving(server):
+    client = server["client"]
+    before = server_stats(server["url"], KEY)
+    stream = ask(client, "Tell me a long story.", max_tokens=400, stream=True)
+    pieces = []
+    for chunk in stream:
+        pieces.append(chunk)
+        if len(pieces) == 3:
+            break
+    stream.close()  # the client goes away
+    reply = ask(client, "Are you still there?", max_tokens=3)  # answered once the abandoned stream stopped
+    assert reply.choices[0].message.content is not None
+    after = server_stats(server["url"], KEY)
+    assert after["requests"] - before["requests"] == 2
+
+
 def test_stop_sequences_cut_the_answer(server):
     client = server["client"]
     whole = ask(client, "Tell me more.", max_tokens=12).choices[0].message.content
