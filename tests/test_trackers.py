@@ -203,3 +203,12 @@ def test_scalar_items_flatten_one_level_and_skip_what_is_not_a_finite_number():
               "per_type": {"colour": 1.0, "name": "x"}, "note": "s", "bad": float("nan"), "flag": True}
     assert scalar_items(record) == {"val/agg_metrics": 0.5, "val/per_type/colour": 1.0}
     assert scalar_items({"kind": "train", "step": 1, "loss": 2.0, "steps": 4}) == {"train/loss": 2.0}
+
+
+def test_evaluate_only_jobs_write_their_evaluation_records(tmp_path):
+    r = make_runner(tmp_path, "runner_base", evaluate=True, valid_splits=["val"], test_splits=["val"])
+    metrics = r.evaluate(["val"], cur_epoch="eval", skip_reload=True)
+    records = read_metrics(tmp_path / "out" / "job")
+    assert [(x["kind"], x["split"], x["epoch"], x["step"]) for x in records] == [("eval", "val", "eval", 0)]
+    assert records[0]["loss"] == pytest.approx(metrics["val"]["loss"])
+    assert r.trackers is None  # evaluate() started and finished them itself
