@@ -32,6 +32,7 @@ from lavis_lite.common.logger import setup_logger
 from lavis_lite.common.registry import registry
 from lavis_lite.common.trackers import check_loggers, start_trackers
 from lavis_lite.runners.checkpointing import CheckpointingMixin
+from lavis_lite.runners.job_folder import claim_job_folder, drop_records_from, release_lock
 from lavis_lite.runners.data import BatchSource, TrainStream, build_eval_loader, concat_eval_datasets
 from lavis_lite.runners.stepper import Stepper
 from lavis_lite.tasks.base_task import move_to_device
@@ -153,6 +154,9 @@ class RunnerBase(CheckpointingMixin):
         out_root = os.path.abspath(os.path.expanduser(str(self.run_cfg.get("output_dir", "output"))))
         self.output_dir = os.path.join(out_root, self.job_id)
         self.result_dir = os.path.join(self.output_dir, "result")
+        if not self.evaluate_only:  # one run per job folder (runners/job_folder.py), before anything is written
+            resume = self.run_cfg.get("resume_ckpt_path", None) not in (None, "", False)
+            claim_job_folder(self.output_dir, resume=resume, overwrite=bool(self.run_cfg.get("overwrite", False)))
         if dist_utils.is_main_process():
             os.makedirs(self.result_dir, exist_ok=True)
         dist_utils.barrier()
@@ -319,11 +323,19 @@ class RunnerBase(CheckpointingMixin):
         return int(self.run_cfg.max_epoch)
 
     def train(self):
+        try:
+            return self._train()
+        finally:
+            if not self.evaluate_only and dist_utils.is_main_process():
+                release_lock(self.output_dir)
+
+    def _train(self):
         start = time.time()
         self.dump_config()
         self.maybe_resume()
         self.trackers = self.trackers or start_trackers(self)
         if not self.evaluate_only:
+            drop_records_from(self.output_dir, self.start_epoch)  # what a killed attempt logged past its checkpoint
             logger.info("training %s from epoch %d: %s", type(self._model).__name__, self.start_epoch,
                         getattr(self._model, "show_n_params", lambda: "")())
             for epoch in range(self.start_epoch, self.n_epochs):
