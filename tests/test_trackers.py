@@ -212,3 +212,12 @@ def test_evaluate_only_jobs_write_their_evaluation_records(tmp_path):
     assert [(x["kind"], x["split"], x["epoch"], x["step"]) for x in records] == [("eval", "val", "eval", 0)]
     assert records[0]["loss"] == pytest.approx(metrics["val"]["loss"])
     assert r.trackers is None  # evaluate() started and finished them itself
+
+
+def test_tracker_keys_are_declared_run_keys(tmp_path):
+    from lavis_lite.common.config import Config
+    ok = toy.write_run_yaml(str(tmp_path / "ok.yaml"), loggers=["jsonl"], wandb={"project": "p"}, mlflow={})
+    Config.from_file(ok)  # declared by RunnerBase.run_schema: accepted
+    typo = toy.write_run_yaml(str(tmp_path / "typo.yaml"), logers=["wandb"])
+    with pytest.raises(ConfigError, match=r"run.logers.*did you mean 'loggers'"):
+        Config.from_file(typo)

@@ -16,11 +16,20 @@ import importlib.util
 import math
 import numbers
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from lavis_lite.common.config import ConfigError
 
 TRACKERS: dict[str, type["Tracker"]] = {}
+
+
+@dataclass
+class TrackerKeys:
+    """The ``run:`` keys of the trackers (declared as RunnerBase's ``run_schema``; checked in hub.py)."""
+    loggers: Any = None   # a list of names (a single name also works); jsonl is always on
+    wandb: Any = None     # options of the wandb logger (WandbTracker.option_keys)
+    mlflow: Any = None    # options of the mlflow logger (MlflowTracker.option_keys)
 
 
 def register_tracker(name: str):
