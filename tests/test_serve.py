@@ -6,14 +6,13 @@ import os
 import sys
 import urllib.request
 
+import openai  # the official client ([dev] installs it)
 import pytest
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from bench_serve import free_port, run_load, server_stats, start_server  # noqa: E402
 from tiny_helpers import TINY_MODEL_YAML, talkative  # noqa: E402
 
-openai = pytest.importorskip("openai")
 KEY = "test-key-123"
 MODEL = "lavis_lite/tiny"
 
