@@ -86,3 +86,16 @@ def test_t5_and_instructblip_folders_match_transformers(arch, tmp_path):
     ours = load_model(arch, "tiny", is_eval=True, checkpoint=str(tmp_path))
     assert ours.ln_vision.eps == 1e-6
     assert_same_as_hf(ours, hf, arch)
+
+
+def test_hf_folder_as_q_former_model_of_minigpt4qwen(hf_opt):
+    """The issue's failing case: an HF BLIP-2 folder as MiniGPT4-Qwen's q_former_model (tiny sizes match)."""
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    hf, folder = hf_opt
+    model = Minigpt4Qwen.from_pretrained("tiny", q_former_model=str(folder)).eval()
+    assert model.ln_vision.eps == 1e-6
+    pixels = _images(5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.query_output(model.vit_features(pixels)),
+                                   hf.get_image_features(pixels).qformer_outputs.last_hidden_state, atol=ATOL, rtol=0)
