@@ -268,6 +268,10 @@ def load_hf_into(model, folder: str, parts: tuple[str, ...] | None = None) -> di
     folder_arch = arch_of(hf_cfg)
     own_arch = getattr(model, "ARCH_NAME", None)  # None: e.g. minigpt4qwen / blip2 stage 1
     state, unused = hf_to_lavis(read_hf_state(folder), folder_arch)
+    unknown = [k for k in unused if not k.startswith(("language_model.", "language_projection."))]
+    if unknown and parts is None:  # e.g. retrieval heads: nothing of ours takes them
+        raise CheckpointMismatchError(f"Hugging Face folder {folder}: {len(unknown)} tensor(s) have no LAVIS name: "
+                                      f"{summarise_keys(unknown)[:300]}")
     own = model.state_dict()
     left_out = list(unused)
     keep = {}
