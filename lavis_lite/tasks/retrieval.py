@@ -19,6 +19,7 @@ import torch.distributed as dist
 from lavis_lite.common import dist_utils
 from lavis_lite.common.logger import MetricLogger
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import RetrievalKeys
 from lavis_lite.tasks.base_task import BaseTask, _unwrap, move_to_device
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def _with_captions_from_files(records: list[dict], ann_paths: list[str]) -> list
 
 @registry.register_task("retrieval")
 class RetrievalTask(BaseTask):
+    run_schema = RetrievalKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     def __init__(self, cfg=None, k_test: int = 128, text_batch_size: int = 256, **kwargs):
         super().__init__(cfg=cfg, **kwargs)
         self.k_test, self.text_batch_size = int(k_test), int(text_batch_size)
@@ -146,6 +148,8 @@ class RetrievalTask(BaseTask):
         image_ids, texts, img2txt, txt2img = retrieval_ground_truth(data_loader.dataset)
         # Images of this rank's shard, then gathered so that every rank ranks against all of them.
         rerank = self.k_test > 0 and hasattr(net, "itm_scores")
+        # BLIP ranks by the [CLS] feature only; BLIP-2 by the best of its query features (all of them).
+        n_feature_tokens = getattr(net, "retrieval_feature_tokens", None)
         local = []
         for samples in MetricLogger().log_every(data_loader, log_freq, header="Retrieval images", logger=logger):
             samples = move_to_device(samples, device)
@@ -154,7 +158,7 @@ class RetrievalTask(BaseTask):
                 image_id = image_id.item() if isinstance(image_id, torch.Tensor) else image_id
                 # The image encoder's output is kept only for ITM re-ranking (it is large).
                 frozen = feats.image_embeds_frozen[j].cpu() if rerank else None
-                local.append((str(image_id), feats.image_embeds_proj[j].cpu(), frozen))
+                local.append((str(image_id), feats.image_embeds_proj[j, :n_feature_tokens].cpu(), frozen))
         gathered = [local]
         if dist_utils.is_dist_avail_and_initialized():
             gathered = [None] * dist_utils.get_world_size()
