@@ -127,11 +127,13 @@ def hf_to_lavis(state: dict, arch: str | None) -> tuple[dict, list[str]]:
             out[f"visual_encoder.blocks.{m.group(1)}.attn.q_bias"] = q.clone()
             out[f"visual_encoder.blocks.{m.group(1)}.attn.v_bias"] = v.clone()
             continue
-        if key.startswith("language_projection."):
-            (out.__setitem__(proj + key[len("language_projection"):], value) if proj else unused.append(key))
-            continue
-        if key.startswith("language_model."):
-            (out.__setitem__(llm + key[len("language_model"):], value) if llm else unused.append(key))
+        prefix, ours = next(((p, o) for p, o in (("language_projection", proj), ("language_model", llm))
+                             if key.startswith(p + ".")), (None, None))
+        if prefix is not None:
+            if ours:
+                out[ours + key[len(prefix):]] = value
+            else:
+                unused.append(key)  # no LLM of this family here (vision + Q-Former use)
             continue
         for pattern, repl in _VISION_RULES:
             if re.match(pattern, key):
@@ -320,7 +322,8 @@ def hf_model_config(folder: str, name: str | None = None, model_type: str | None
     default = OmegaConf.load(model_cls.default_config_path(model_type))
     section = default.model if "model" in default else default
     overrides = model_overrides(hf_cfg, folder)
-    for key in ("opt_model", "t5_model", "llm_model", "q_former_model", "checkpoint", "vit_checkpoint"):
+    for key in ("opt_model", "t5_model", "llm_model", "q_former_model", "checkpoint", "vit_checkpoint", "pretrained",
+                "finetuned"):
         if key in section:
             overrides.setdefault(key, None)  # every weight comes from the folder
     cfg = OmegaConf.merge(section, {"model_type": model_type}, overrides)
