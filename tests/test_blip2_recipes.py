@@ -57,9 +57,9 @@ def _options(cfg, out):
     kind = "caption" if name == "coco_caption" else "vqa"
     opts = [f"run.output_dir={out}", "run.device=cpu", "run.amp=false", "run.num_workers=0", "run.progress_bar=false",
             "run.batch_size_train=8", "run.batch_size_eval=8", f"datasets.{name}.build_info.images.storage=demo/images"]
-    if cfg.run.task != "image_text_pretrain":  # generation keys exist for the generative tasks only (run schema)
+    if cfg.run.task in ("captioning", "vqa"):  # generation options exist for the generative tasks only
         opts += ["run.num_beams=2", "run.max_new_tokens=4", "run.min_length=1"]
-    if kind == "caption" and cfg.run.task == "captioning":
+    if cfg.run.task == "captioning":
         opts.append("run.caption_metrics=[bleu,rouge_l,cider]")
     annotations = OmegaConf.select(section, "build_info.annotations") or {}
     for split in ("train", "val", "test"):

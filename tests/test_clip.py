@@ -150,8 +150,8 @@ def test_checkpoint_formats_safetensors_and_torchscript(reference, tmp_path):
     # our fine-tuned weights (`checkpoint`) load over the open_clip ones
     tuned = tmp_path / "tuned.safetensors"
     save_file({"logit_scale": torch.tensor(2.5), "ln_final.bias": torch.full((32,), 0.25)}, str(tuned))
-    from lavis_lite.models.base_model import CheckpointMismatchError
-    with pytest.raises(CheckpointMismatchError, match="lacks .* trainable parameter"):  # partial: say so
+    # a file with only some trainable parameters is refused unless the partial load is asked for
+    with pytest.raises(CheckpointMismatchError, match="lacks .* trainable parameter"):
         ClipFeatureExtractor.from_config(_cfg("tiny", load_pretrained=True, pretrained=str(st), checkpoint=str(tuned)))
     model = ClipFeatureExtractor.from_config(_cfg("tiny", load_pretrained=True, pretrained=str(st),
                                                   checkpoint=str(tuned), partial_load=True))

@@ -152,7 +152,7 @@ class ClipFeatureExtractor(BaseModel):
             model.load_open_clip_checkpoint(weights)
         else:
             logger.info("clip_feature_extractor %s: random init (load_pretrained: False)", name)
-        if checkpoint:  # a checkpoint lacking trainable parameters needs partial_load: true (base_model.py)
+        if checkpoint:  # a file lacking trainable parameters is refused unless partial_load is set
             model.load_checkpoint(checkpoint, partial=bool(cfg.get("partial_load", False)))
         return model
 
