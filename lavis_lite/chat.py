@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImageLoadError as err:
             print(f"error: {err}")
     if not session.images:
-        print("no image loaded: chatting with text only until you add one with :image PATH")
+        print("no image loaded: chatting with text only until you add one (the :image command)")
     run_repl(session, stdin_reader(sys.stdin, sys.stdout), sys.stdout)
     return 0
 

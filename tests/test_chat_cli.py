@@ -252,3 +252,4 @@ def test_chat_process_on_a_terminal(tiny, tmp_path):
     assert f"model: {want}\n" in out
     assert "cleared conversation (1 image(s) kept)" in out and "(no conversation yet)" in out
     assert out.count(":image PATH") == 2  # banner + :help
+    assert "no image loaded: chatting with text only" in out  # started without --image: said so

@@ -51,6 +51,12 @@ def load_model(name: str, model_type: str | None = None, is_eval: bool = False, 
         if hf_blip2_convert.is_hf_folder(path):  # a transformers BLIP-2 / InstructBLIP save_pretrained folder
             return hf_blip2_convert.load_hf_model(path, name, model_type, is_eval=is_eval, device=device)
         is_export = all(os.path.isfile(os.path.join(path, n)) for n in (EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME))
+        is_job = os.path.isdir(path) and (os.path.isfile(os.path.join(path, "COMPLETE")) or any(
+            n.startswith("checkpoint_") for n in os.listdir(path)))
+        if os.path.isdir(path) and not is_export and not is_job:
+            raise FileNotFoundError(f"checkpoint folder {path!r} is neither an export (config.yaml + "
+                                    f"{EXPORT_WEIGHTS_NAME}: it lacks {EXPORT_WEIGHTS_NAME}) nor a training "
+                                    f"checkpoint / job folder (no COMPLETE, no checkpoint_*)")
         if os.path.isdir(path) and not is_export:
             weights = path  # a runner checkpoint (plain or DeepSpeed) or a job folder (config.yaml + checkpoint_*)
         elif os.path.isdir(path):
