@@ -16,7 +16,7 @@ def build_disk_data(args, model, workdir, resize_backends=("pil",)):
     import json
 
     from lavis_lite.common.feature_cache import attach_feature_cache
-    from lavis_lite.common.feature_cache_run import cache_for_model, fill_cache
+    from lavis_lite.datasets.feature_cache_run import cache_for_model, fill_cache
     from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 

@@ -119,7 +119,7 @@ def test_model_pad_to_longest_equals_pad_to_max_txt_len():
 
 def test_preprocess_caches_encoded_records_and_pads_to_longest(monkeypatch):
     """A record seen again is not tokenised again; results are identical; rows pad to the longest."""
-    from lavis_lite.models import chatml
+    from lavis_lite.models import conversation_encoder as chatml
     from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
 
     model = Minigpt4Qwen.from_pretrained("tiny", max_txt_len=200)
