@@ -90,7 +90,7 @@ def test_truncation_is_counted_per_epoch_with_record_ids(data, model, caplog):
     with caplog.at_level(logging.WARNING):
         batch = next(iter(loader))
         report = ds.skip_report()
-    enc = {s["instance_id"]: s["encoded"] for s in (ds[i] for i in range(5))}
+    enc = {ds.record_id(i): ds.chat_processor(*ds.conversation_of(i)) for i in range(5)}
     truncated = sorted(k for k, e in enc.items() if e.truncated)
     assert truncated == ["long", "multi"]
     assert report["truncated_samples"] == 2
@@ -100,9 +100,10 @@ def test_truncation_is_counted_per_epoch_with_record_ids(data, model, caplog):
     assert batch["truncation"]["samples"] == 2
     # the long first reply kept its start and its supervision
     assert (enc["long"].labels != IGNORE_INDEX).sum() > 0 and len(enc["long"]) == 80
-    # counts restart every epoch (ds[i] above counted once more, in the main process)
-    assert ds.skip_report()["truncated_samples"] == 2
+    # counts restart every epoch; the main process counts too (num_workers=0)
     assert ds.skip_report()["truncated_samples"] == 0
+    ds.collater([ds[i] for i in range(5)])
+    assert ds.skip_report()["truncated_samples"] == 2
 
 
 def test_conversation_errors_are_per_record_and_follow_on_error(data, model, caplog):
@@ -124,6 +125,6 @@ def test_true_lengths_for_length_grouping(data, model):
     assert ds.sample_lengths() is None  # no processor: the runner falls back to estimates
     _wire(model, ds)
     lengths = ds.sample_lengths()
-    assert lengths == [len(ds[i]["encoded"]) for i in range(5)]
+    assert lengths == [int(ds.collater([ds[i]])["attention_mask"].sum()) for i in range(5)]
     assert lengths[1] == 80 and lengths[2] < lengths[0] < lengths[3]
     assert ds.sample_lengths() is lengths  # computed once

@@ -2,8 +2,9 @@
 
 ``ChatEncodingMixin`` gives a conversation dataset (``InstructionDataset``) the model's ``chat_template``
 processor and ``ChatCollator`` (``attach_chat``, called by ``model_wiring.wire_datasets``): every
-``load_sample`` encodes its conversation (so a conversation error is that record's error and follows
-``on_error``), the collater pads / packs, and ``sample_lengths`` gives the true token lengths for
+``load_sample`` validates its conversation (roles, images vs marks: a conversation error is that
+record's error and follows ``on_error``), the collater tokenises the whole batch in one call and pads /
+packs, and ``sample_lengths`` gives the true token lengths for
 length-grouped batches. Truncation to ``max_txt_len`` is counted per epoch over all workers
 (``TruncationTally``) and logged with the first few record ids by ``skip_report``, which the runner
 calls once per epoch.
@@ -65,13 +66,21 @@ class ChatEncodingMixin:
         self._true_lengths = None
 
     def encode_sample(self, sample: dict, index: int) -> dict:
-        if self.chat_processor is None:
-            return sample
-        encoded = self.chat_processor(sample["conversations"], int(sample.get("n_images", 0)))
-        if encoded.truncated:
-            self.truncation.add(index, encoded.cut_tokens)
-        sample["encoded"] = encoded
+        """Remember the record index (truncation log); the batch is tokenised in ``collater``."""
+        if self.chat_processor is not None:
+            sample["record_index"] = index
         return sample
+
+    def collate_chat(self, samples: list[dict]) -> dict:
+        """Tokenise the batch's conversations in one call (all text pieces at once: the fast path of the
+        tokenizer), count truncation, then pad / pack with the ChatCollator."""
+        encoded = self.chat_processor.encode([s["conversations"] for s in samples],
+                                             [int(s.get("n_images", 0)) for s in samples])
+        for sample, enc in zip(samples, encoded):
+            sample["encoded"] = enc
+            if enc.truncated:
+                self.truncation.add(sample.get("record_index", -1), enc.cut_tokens)
+        return self.chat_collator(samples)
 
     def sample_lengths(self) -> list[int] | None:
         """True token lengths of the records (computed once), or None without a chat processor."""

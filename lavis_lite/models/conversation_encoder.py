@@ -167,10 +167,15 @@ class ConversationEncoder:
         if pad_token_id is None:
             pad_token_id = self.eot_id if self.eot_id is not None else tokenizer.eos_token_id
         self.pad_token_id = int(pad_token_id)
+        self._compile()
 
     # ---- rendering -------------------------------------------------------------------
     def _literal(self, text: str, supervised: bool = False) -> list[Item]:
-        """Template text -> items, control strings as ids."""
+        """Template text -> merged items, control strings as ids (memoised: templates repeat)."""
+        key = (text, supervised)
+        hit = self._literals.get(key)
+        if hit is not None:
+            return hit
         items: list[Item] = []
         rest = text
         while rest:
@@ -183,76 +188,147 @@ class ConversationEncoder:
                 items.append(("text", rest[:at], supervised))
             items.append(("id", self.control_ids[tok], supervised))
             rest = rest[at + len(tok):]
+        self._literals[key] = items
+        self._const_texts.update(v for k, v, _ in items if k == "text")
         return items
 
-    def _user_content(self, text: str, images_left: int) -> tuple[list[Item], int]:
-        pieces = text.split(IMAGE_MARK, images_left) if images_left > 0 else [text]
-        before, after = self.template.image.split("{image}", 1)
-        items: list[Item] = [("text", pieces[0], False)]
-        for piece in pieces[1:]:
-            items += self._literal(before) + [("image", None, False)] + self._literal(after)
-            items.append(("text", piece, False))
-        return items, len(pieces) - 1
+    @staticmethod
+    def _join(out: list[Item], items) -> None:
+        """Append merged ``items`` to merged ``out``; text of equal supervision meeting at the seam is
+        joined: it is one piece of the string the family's template renders."""
+        for item in items:
+            if item[0] == "text":
+                if not item[1]:
+                    continue
+                if out and out[-1][0] == "text" and out[-1][2] == item[2]:
+                    out[-1] = ("text", out[-1][1] + item[1], item[2])
+                    continue
+            out.append(item)
+
+    def _freeze(self, items: list[Item]) -> list[Item]:
+        """Template-only items -> ("const", (ids, labels)) items, tokenised once here; image items stay."""
+        out: list[Item] = []
+        for kind, value, sup in items:
+            if kind == "image":
+                out.append((kind, value, sup))
+                continue
+            ids = [value] if kind == "id" else (encode_plain(self.tokenizer, [value], fast=self.fast_tokenize)[0]
+                                                if value else [])
+            labels = list(ids) if sup else [IGNORE_INDEX] * len(ids)
+            if out and out[-1][0] == "const":
+                prev = out[-1][1]
+                out[-1] = ("const", (prev[0] + ids, prev[1] + labels), False)
+            elif ids:
+                out.append(("const", (ids, labels), False))
+        return out
+
+    def _compile(self) -> None:
+        tpl = self.template
+        self._literals: dict = {}
+        self._const_texts: set[str] = set()   # texts made of template text only
+        self._const_ids: dict[str, list[int]] = {}
+        self._user_pre, self._user_post = (self._literal(x) for x in tpl.user.split(CONTENT, 1))
+        before, after = tpl.image.split("{image}", 1)
+        self._image_items = self._literal(before) + [("image", None, False)] + self._literal(after)
+        tail_sup, tail_rest = tpl.reply_tail()
+        self._reply_tail = self._literal(tail_sup, supervised=True) + self._literal(tail_rest)
+        self._headers = {last: self._literal(tpl.assistant_header + (tpl.last_reply_header if last else ""))
+                         for last in (False, True)}
+        self._reply_parts = {}
+        for last, header in self._headers.items():
+            header, header_tail = self._edges(header, at_end=True)
+            tail_items = self._reply_tail
+            tail_head = tail_items[0][1] if tail_items and tail_items[0][0] == "text" else ""
+            self._reply_parts[last] = (header, header_tail, tail_head, tail_items[1:] if tail_head else list(tail_items))
+        self._reply_parts = {last: (self._freeze(h), ht, th, self._freeze(t))
+                             for last, (h, ht, th, t) in self._reply_parts.items()}
+        self._heads: dict = {}
+        pre, pre_tail = self._edges(self._user_pre, at_end=True)
+        self._user_pre_edge = (self._freeze(pre), pre_tail)
+        middle, img_after = self._edges(self._image_items, at_end=True)
+        middle, img_before = self._edges(middle, at_end=False)
+        self._image_edges = (img_before, self._freeze(middle), img_after)
+        post, post_head = self._edges(self._user_post, at_end=False)
+        self._user_post_edge = (post_head, self._freeze(post))
+        self._generation = self._freeze(self._literal(self.template.generation_prompt))
+
+    @staticmethod
+    def _edges(items: list[Item], at_end: bool) -> tuple[list[Item], str]:
+        """(items without the text at one edge, that text or "")."""
+        k = -1 if at_end else 0
+        if items and items[k][0] == "text" and not items[k][2]:
+            return (items[:-1], items[-1][1]) if at_end else (items[1:], items[0][1])
+        return list(items), ""
+
+    def _user_fast(self, text: str) -> list[Item]:
+        """A user turn without images: template text and the message as one text piece."""
+        pre, pre_tail = self._user_pre_edge
+        post_head, post = self._user_post_edge
+        return pre + [("text", pre_tail + text + post_head, False)] + post
+
+    def _user_with_images(self, pieces: list[str]) -> list[Item]:
+        """A user turn whose text is split at its image marks: text runs between image wrappers."""
+        items, cur = list(self._user_pre_edge[0]), self._user_pre_edge[1]
+        img_before, img_items, img_after = self._image_edges
+        for i, piece in enumerate(pieces):
+            if i:
+                cur += img_before
+                if cur:
+                    items.append(("text", cur, False))
+                items += img_items
+                cur = img_after
+            cur += piece
+        cur += self._user_post_edge[0]
+        if cur:
+            items.append(("text", cur, False))
+        items += self._user_post_edge[1]
+        return items
+
+    def _reply(self, text: str, last: bool) -> list[Item]:
+        """Assistant turn. The reply is tokenised together with the header text before it (one
+        ``split`` item: ``' red'`` stays one token where the template writes ``' ' + reply``) and is
+        supervised from the first token the header text alone lacks."""
+        header, header_tail, tail_head, tail = self._reply_parts[last]
+        text += tail_head
+        if header_tail and text:
+            return header + [("split", (header_tail, text), True)] + tail
+        return header + ([("text", header_tail, False)] if header_tail else []) + [("text", text, True)] + tail
 
     def _render(self, system: str | None, turns, n_images: int, generation: bool, sample) -> tuple[list, list]:
         """(head items, [(turn items, images in turn)]) for one conversation."""
         tpl = self.template
         system = self.system_message if system is None else system
-        strip = (lambda s: s.strip()) if tpl.strip else (lambda s: s)
-        head = self._literal(tpl.prefix)
-        if system and tpl.system:
-            head += self._literal(tpl.system.replace("{system}", system))
+        head = self._heads.get(system)
+        if head is None:
+            head = list(self._literal(tpl.prefix))
+            if system and tpl.system:
+                self._join(head, self._literal(tpl.system.replace("{system}", system)))
+            head = self._freeze(head)
+            if len(self._heads) < 64:
+                self._heads[system] = head
         blocks, left = [], n_images
         # the reply after the last user turn (none in a generation prompt) gets last_reply_header
         last_reply = len(turns) - 1 if turns and turns[-1][0] == "assistant" else -1
         for t, (role, text) in enumerate(turns):
+            if role == "user" and t == 0 and system and tpl.system_in_first_user:
+                text = tpl.system_in_first_user.replace("{system}", system) + text
+            if tpl.strip:
+                text = text.strip()
             if role == "user":
-                if t == 0 and system and tpl.system_in_first_user:
-                    text = tpl.system_in_first_user.replace("{system}", system) + text
-                content, used = self._user_content(strip(text), left)
-                left -= used
-                pre, post = tpl.user.split(CONTENT, 1)
-                blocks.append((self._literal(pre) + content + self._literal(post), used))
+                if left == 0 or IMAGE_MARK not in text:
+                    blocks.append((self._user_fast(text), 0))
+                    continue
+                pieces = text.split(IMAGE_MARK, left)
+                left -= len(pieces) - 1
+                blocks.append((self._user_with_images(pieces), len(pieces) - 1))
             else:
-                header = tpl.assistant_header + (tpl.last_reply_header if t == last_reply else "")
-                tail_sup, tail_rest = tpl.reply_tail()
-                items = self._literal(header) + [("text", strip(text), True)]
-                items += self._literal(tail_sup, supervised=True) + self._literal(tail_rest)
-                blocks.append((items, 0))
+                blocks.append((self._reply(text, t == last_reply), 0))
         if left:
             raise ConversationError(f"sample {sample} has {n_images} image(s) but only {n_images - left} "
                                     f"{IMAGE_MARK} mark(s) in its user turns")
         if generation:
-            blocks.append((self._literal(tpl.generation_prompt), 0))
+            blocks.append((self._generation, 0))
         return head, blocks
-
-    @staticmethod
-    def _merge(items: list[Item]) -> list[Item]:
-        """Join adjacent text items of equal supervision: they are tokenised as one piece, as the
-        family's template renders them into one string. A reply right after header text becomes one
-        ``split`` item: tokenised together with the header text (``' red'`` stays one token where the
-        template writes ``' ' + reply``), supervised from the first token the header alone lacks."""
-        out: list[Item] = []
-        for kind, value, sup in items:
-            if kind == "text" and not value:
-                continue
-            if kind == "text" and out and out[-1][0] == "text" and out[-1][2] == sup:
-                out[-1] = ("text", out[-1][1] + value, sup)
-            else:
-                out.append((kind, value, sup))
-        for k in range(len(out) - 1, 0, -1):
-            if out[k][0] == "text" and out[k][2] and out[k - 1][0] == "text" and not out[k - 1][2]:
-                out[k - 1:k + 1] = [("split", (out[k - 1][1], out[k][1]), True)]
-        return out
-
-    @staticmethod
-    def _texts(items: list[Item]):
-        for kind, value, _ in items:
-            if kind == "text":
-                yield value
-            elif kind == "split":
-                yield value[0] + value[1]
-                yield value[0]
 
     # ---- encoding -----------------------------------------------------------------------
     def encode(self, conversations, n_images=None, add_generation_prompt: bool = False) -> list[Encoded]:
@@ -273,24 +349,45 @@ class ConversationEncoder:
             if add_generation_prompt and (not turns or turns[-1][0] != "user"):
                 raise ConversationError(f"sample {s}: for generation the last turn must be a user turn")
             head, blocks = self._render(system, turns, n_images[s], add_generation_prompt, s)
-            parts = [self._merge(head)] + [self._merge(items) for items, _ in blocks]
+            parts = [head] + [items for items, _ in blocks]
             for items in parts:
-                texts.extend(self._texts(items))
+                for kind, value, _ in items:
+                    if kind == "text":
+                        texts.append(value)
+                    elif kind == "split":
+                        texts.append(value[0] + value[1])
+                        texts.append(value[0])
             plans[s] = (parts, [u for _, u in blocks])
-        encoded = iter(encode_plain(self.tokenizer, texts, fast=self.fast_tokenize))
+        encoded = iter(self._tokenise(texts))
         run = [self.image_token_id] * self.num_query_token
         for s, (parts, used) in plans.items():
             pieces = []  # per part: (ids, labels, image run starts)
             for items in parts:
                 ids, labels, runs = [], [], []
                 for kind, value, sup in items:
+                    if kind == "const":
+                        ids += value[0]
+                        labels += value[1]
+                        continue
+                    if kind == "text":
+                        toks = next(encoded)  # (an empty text encodes to no ids)
+                        ids += toks
+                        labels += toks if sup else [IGNORE_INDEX] * len(toks)
+                        continue
+                    if kind == "id":
+                        ids.append(value)
+                        labels.append(value if sup else IGNORE_INDEX)
+                        continue
                     if kind == "split":  # header text + reply, supervised where the header alone ends
                         toks, head = next(encoded), next(encoded)
-                        n = 0
-                        while n < min(len(head), len(toks)) and head[n] == toks[n]:
-                            n += 1
+                        n = len(head)
+                        if toks[:n] != head:
+                            n, m = 0, min(len(head), len(toks))
+                            while n < m and head[n] == toks[n]:
+                                n += 1
                         ids += toks
-                        labels += [IGNORE_INDEX] * n + toks[n:]
+                        labels += [IGNORE_INDEX] * n
+                        labels += toks[n:]
                         continue
                     if kind == "image":
                         runs.append(len(ids))
@@ -307,10 +404,22 @@ class ConversationEncoder:
             out[s] = sample
         return out
 
+    def _tokenise(self, texts: list[str]) -> list[list[int]]:
+        """Ids of ``texts``; template-only text (no message content in it) is tokenised once per encoder."""
+        const = self._const_ids
+        todo = list(dict.fromkeys(t for t in texts if t not in const)) if const else texts
+        fresh = encode_plain(self.tokenizer, todo, fast=self.fast_tokenize)
+        if not const and len(todo) == len(texts) and not self._const_texts.intersection(todo):
+            return fresh
+        new = dict(zip(todo, fresh))
+        for text, ids in new.items():
+            if text in self._const_texts:
+                const[text] = ids
+        return [const[t] if t in const else new[t] for t in texts]
+
     def _assemble(self, pieces, used: list[int], truncate: bool) -> Encoded:
         head, blocks = pieces[0], pieces[1:]
         ids, labels = list(head[0]), list(head[1])
-        total_sup = sum(sum(1 for x in b[1] if x != IGNORE_INDEX) for b in blocks)
         if not truncate or len(ids) + sum(len(b[0]) for b in blocks) <= self.max_txt_len:
             for b in blocks:
                 ids += b[0]
@@ -345,7 +454,11 @@ class ConversationEncoder:
             ids += cat_ids[:cut]
             labels += cat_labels[:cut]
             n_used = sum(1 for st in starts if st + self.num_query_token <= cut)
+        total_sup = sum(sum(1 for x in b[1] if x != IGNORE_INDEX) for b in blocks)
         kept_sup = sum(1 for x in labels if x != IGNORE_INDEX)
+        if not kept_sup:
+            logger.warning("a sample has no supervised token left after truncation to max_txt_len=%d",
+                           self.max_txt_len)
         return Encoded(np.asarray(ids, np.int32), np.asarray(labels, np.int32), n_used,
                        cut_tokens=total_sup - kept_sup, truncated=True)
 
@@ -378,11 +491,9 @@ class ConversationEncoder:
                  padding_side: str = "right") -> ChatBatch:
         encoded = self.encode(conversations, n_images, add_generation_prompt)
         for s, enc in enumerate(encoded):
-            if enc.truncated:
+            if enc.truncated:  # counted per epoch by the data side (datasets/chat_encoding.py)
                 logger.debug("sample %d: truncated to max_txt_len=%d, %d supervised token(s) cut", s,
                              self.max_txt_len, enc.cut_tokens)
-            if not add_generation_prompt and not (enc.labels != IGNORE_INDEX).any():
-                logger.warning("sample %d has no supervised token (max_txt_len=%d)", s, self.max_txt_len)
         return self.pad(encoded, padding_side)
 
     def stop_token_ids(self) -> list[int]:

@@ -137,7 +137,7 @@ class InstructionDataset(ChatEncodingMixin, BaseDataset):
 
     def collater(self, samples: list[dict]) -> dict:
         if self.chat_collator is not None:
-            return self.chat_collator(samples)
+            return self.collate_chat(samples)
         return collate_instruction(samples, image_size=getattr(self.vis_processor, "image_size", 224))
 
 
