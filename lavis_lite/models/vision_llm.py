@@ -114,6 +114,7 @@ class VisionLLMBase(Blip2Base):
     @classmethod
     def from_config(cls, cfg):
         model = cls(**cls.constructor_kwargs(cfg))
+        model.partial_load = bool(cfg.get("partial_load", False))  # a checkpoint lacking trainable keys raises
         if cfg.get("checkpoint"):
             model.load_checkpoint(llm_utils.resolve_local_path(cfg["checkpoint"], "checkpoint", want_dir=False))
         return model
@@ -218,8 +219,19 @@ class VisionLLMBase(Blip2Base):
         return {"vit": vision, "qformer": vision + ("Qformer", "query_tokens"),
                 "proj": vision + ("Qformer", "query_tokens", self.PROJ_NAME)}
 
-    def _image_embeds(self, samples: dict, expected: int) -> torch.Tensor | None:
-        """Projected embeddings of the batch's images (those whose placeholder runs are in the ids)."""
+    def _image_embeds(self, samples: dict, expected, used: list[int] | None = None) -> torch.Tensor | None:
+        """Projected embeddings of the batch's images (those whose placeholder runs are in the ids).
+        ``expected``: how many; or, as older callers pass it, images per sample with ``used`` = images kept
+        per sample (the kept ones are selected here)."""
+        if isinstance(expected, (list, tuple)):
+            n_images, used = list(expected), list(expected if used is None else used)
+            key = "image_features" if samples.get("image_features") is not None else "image"
+            if used != n_images and samples.get(key) is not None:
+                offsets = [sum(n_images[:i]) for i in range(len(n_images))]
+                keep = [o + j for o, u in zip(offsets, used) for j in range(u)]
+                samples = {**samples, key: samples[key][torch.tensor(keep, dtype=torch.long,
+                                                                     device=samples[key].device)]}
+            expected = sum(used)
         if samples.get("image_features") is not None:
             source, stage = samples["image_features"], samples.get("image_features_stage") or self.frozen_feature_stage()
             if stage is None:

@@ -96,16 +96,17 @@ class BlipImageBaseProcessor(BaseProcessor):
         return self.transform(to_rgb(item))
 
 
-@registry.register_processor("blip_image_train")
 @registry.register_processor("blip2_image_train")
 class BlipImageTrainProcessor(BlipImageBaseProcessor):
-    """RandomResizedCrop (bicubic, scale (min_scale, max_scale)) + optional horizontal flip.
+    """RandomResizedCrop (bicubic, scale (min_scale, max_scale)) + optional horizontal flip
+    (+ LAVIS's RandomAugment with ``randaugment: True`` or ``{n, m}``; BLIP-2's processor has none).
 
     ``hflip: False`` for data whose answers depend on left/right (the demo's position questions).
     """
+    DEFAULT_RANDAUGMENT = False
 
     def __init__(self, image_size=224, mean=None, std=None, min_scale=0.5, max_scale=1.0, hflip=True,
-                 resize_backend="pil"):
+                 resize_backend="pil", randaugment=None):
         super().__init__(image_size, mean, std, resize_backend)
         if not 0 < min_scale <= max_scale <= 1.0:
             raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
@@ -117,6 +118,9 @@ class BlipImageTrainProcessor(BlipImageBaseProcessor):
                           interpolation=InterpolationMode.BICUBIC))
         if self.hflip:
             steps.append(transforms.RandomHorizontalFlip())
+        self.randaugment = _randaugment(self.DEFAULT_RANDAUGMENT if randaugment is None else randaugment)
+        if self.randaugment is not None:
+            steps.append(self.randaugment)
         steps += [transforms.ConvertImageDtype(torch.float32) if tensor else transforms.ToTensor(), self.normalize]
         self.transform = transforms.Compose(steps)
 
@@ -125,7 +129,28 @@ class BlipImageTrainProcessor(BlipImageBaseProcessor):
         return cls(image_size=cfg_get(cfg, "image_size", 224), mean=cfg_get(cfg, "mean", None),
                    std=cfg_get(cfg, "std", None), min_scale=cfg_get(cfg, "min_scale", 0.5),
                    max_scale=cfg_get(cfg, "max_scale", 1.0), hflip=cfg_get(cfg, "hflip", True),
-                   resize_backend=cfg_get(cfg, "resize_backend", "pil"))
+                   resize_backend=cfg_get(cfg, "resize_backend", "pil"), randaugment=cfg_get(cfg, "randaugment", None))
+
+
+@registry.register_processor("blip_image_train")
+class BlipV1ImageTrainProcessor(BlipImageTrainProcessor):
+    """BLIP's (LAVIS BlipImageTrainProcessor): as blip2_image_train plus RandomAugment(2, 5) after the
+    flip (``randaugment: False`` turns it off, ``{n, m}`` changes it)."""
+    DEFAULT_RANDAUGMENT = True
+
+
+def _randaugment(spec):
+    from omegaconf import OmegaConf
+    from lavis_lite.processors.randaugment import RandomAugment
+    if spec is False or spec is None:
+        return None
+    if spec is True:
+        return RandomAugment(2, 5)
+    spec = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else dict(spec)
+    unknown = sorted(set(spec) - {"n", "m", "augs"})
+    if unknown:
+        raise KeyError(f"randaugment: unknown keys {unknown}; known: n, m, augs")
+    return RandomAugment(**spec)
 
 
 @registry.register_processor("blip_image_eval")
