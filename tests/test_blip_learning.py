@@ -46,6 +46,7 @@ def test_blip_caption_learns_the_demo_captions(tmp_path):
     result = tmp_path / "out" / "trained" / "result"
     trained = json.loads((result / "test_metrics.json").read_text())
     captions = [r["caption"] for r in json.loads((result / "test_caption_result.json").read_text())]
+    print(f"held-out CIDEr: untrained {untrained['CIDEr']:.3f}, trained {trained['CIDEr']:.3f}")
     assert untrained["CIDEr"] < 0.1
     assert trained["CIDEr"] > 0.8 and trained["CIDEr"] > untrained["CIDEr"] + 0.7, (untrained, trained)
     assert len(set(captions)) >= 2  # not one caption for every image
@@ -71,5 +72,43 @@ def test_blip_vqa_answers_colour_questions_on_held_out_images(tmp_path):
     before, n = _colour_accuracy(model, vis, txt, data)
     model.load_checkpoint(_last_checkpoint(str(tmp_path / "out" / "trained")))
     after, _ = _colour_accuracy(model, vis, txt, data)
+    print(f"held-out colour accuracy ({n} questions): untrained {before:.2f}, trained {after:.2f}")
     assert n >= 15
     assert before < 0.3 and after >= 0.6, (before, after)
+
+
+@pytest.mark.slow
+def test_blip_feature_extractor_ranks_the_matching_caption_first_after_itc(tmp_path):
+    from omegaconf import OmegaConf
+    data = make_demo_data(str(tmp_path / "demo"), n=600)
+    # the demo's descriptive captions ("a red circle on a gray background."): one per image
+    train = [r for r in json.load(open(os.path.join(data, "caption", "train.json")))
+             if not r["caption"].startswith("a picture of")]
+    with open(os.path.join(data, "caption", "train_descriptive.json"), "w") as f:
+        json.dump(train, f)
+    run = {**_schedule(3e-3, 12, 32), "k_test": 0, "valid_splits": [], "test_splits": []}
+    cfg = tiny_recipe("projects/blip/train/retrieval_coco_ft.yaml", data, str(tmp_path / "out"),
+                      model={"arch": "blip_feature_extractor"}, run=run, augment=False)
+    conf = OmegaConf.load(cfg)
+    conf.datasets.demo_coco_caption.build_info.annotations.train.storage = f.name
+    OmegaConf.save(conf, cfg)
+    train_script.main(["--cfg-path", cfg, "--job-id", "itc"])
+
+    def top1(model, vis, txt):
+        recs = json.load(open(os.path.join(data, "caption", "test.json")))
+        captions = sorted({txt["eval"](r["caption"][0]) for r in recs})
+        images = torch.stack([vis["eval"](Image.open(os.path.join(data, "images", r["image"]))) for r in recs])
+        image_feat = model.extract_features({"image": images}, mode="image").image_embeds_proj[:, 0]
+        text_feat = model.extract_features({"text_input": captions}, mode="text").text_embeds_proj[:, 0]
+        best = (image_feat @ text_feat.t()).argmax(1).tolist()
+        hits = sum(captions[b] == txt["eval"](r["caption"][0]) for b, r in zip(best, recs))
+        return hits / len(recs), len(captions)
+
+    torch.manual_seed(42)
+    model, vis, txt = load_model_and_preprocess("blip_feature_extractor", "tiny", is_eval=True)
+    before, n_captions = top1(model, vis, txt)
+    model.load_checkpoint(_last_checkpoint(str(tmp_path / "out" / "itc")))
+    after, _ = top1(model, vis, txt)
+    print(f"held-out top-1 caption ({n_captions} candidates): untrained {before:.2f}, after ITC {after:.2f}")
+    assert n_captions >= 20  # chance of a right first rank is about 1 in n_captions
+    assert before < 0.15 and after > 0.5, (before, after)
