@@ -39,8 +39,8 @@ def _split_files(folder: str, split: str) -> dict:
 
 
 def tiny_recipe(recipe: str, data_dir: str, out_dir: str, model: dict | None = None, run: dict | None = None,
-                name: str | None = None, augment: bool = True) -> str:
-    """``augment=False``: no RandomAugment / flip and crops of at least 90% (the short learning runs)."""
+                name: str | None = None, augment: bool = True, min_scale: float | None = None) -> str:
+    """``augment=False``: no RandomAugment / flip (the short learning runs); ``min_scale``: the crops'."""
     cfg = OmegaConf.load(os.path.join(REPO, recipe))
     tiny_model = {"arch": cfg.model.arch, "model_type": "tiny"}
     tiny_model.update({k: v for k, v in cfg.model.items() if k not in WEIGHT_KEYS and k != "arch"})
@@ -55,7 +55,9 @@ def tiny_recipe(recipe: str, data_dir: str, out_dir: str, model: dict | None = N
         for split, procs in (section.get("vis_processor") or {}).items():
             procs["image_size"] = 32
             if split == "train" and not augment:
-                procs.update(randaugment=False, hflip=False, min_scale=0.9)
+                procs.update(randaugment=False, hflip=False)
+            if split == "train" and min_scale is not None:
+                procs["min_scale"] = min_scale
         section.update(builder=builder, build_info={
             "annotations": {s: _split_files(os.path.join(data_dir, folder), s) for s in dict.fromkeys(splits)},
             "images": {"storage": os.path.join(data_dir, "images")}})
