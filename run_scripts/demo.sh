@@ -3,7 +3,7 @@
 # Q-Former pretraining, projects/minigpt4qwen/demo_stage1.yaml), stage 2 (MiniGPT4-Qwen instruction
 # tuning with deepspeed_runner, projects/minigpt4qwen/demo.yaml), then evaluation on the held-out test
 # split: accuracy per question type, a few questions with the model's answers, each stage's time.
-# Outputs go to output/demo/{stage1,stage2,eval} (or $DEMO_OUT; replaced on every run). Data: $LAVIS_LITE_CACHE_ROOT/demo
+# Outputs go to output/demo/{stage1,stage2,eval} (or $DEMO_OUT; an earlier run moves aside to <job>.replaced-<time>). Data: $LAVIS_LITE_CACHE_ROOT/demo
 # (default ~/.cache/lavis_lite/demo). Extra arguments are passed to both train.py calls' --options.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,10 +30,11 @@ if [ ! -f "$DATA/instruction/test.json" ] || [ ! -f "$DATA/caption/train.json" ]
 else
   echo "[demo] using the demo data in $DATA"; SECONDS_OF[data]=0
 fi
-rm -rf "$OUT/stage1" "$OUT/stage2" "$OUT/eval"
+rm -rf "$OUT/eval"
 OPTS=(run.output_dir="$OUT" run.progress_bar=False)
-stage stage1 "$PY" train.py --cfg-path projects/minigpt4qwen/demo_stage1.yaml --options "${OPTS[@]}" "$@"
-stage stage2 "$PY" train.py --cfg-path projects/minigpt4qwen/demo.yaml \
+# The demo YAMLs fix their job ids: --overwrite moves an earlier demo run aside (<job>.replaced-<time>).
+stage stage1 "$PY" train.py --cfg-path projects/minigpt4qwen/demo_stage1.yaml --overwrite --options "${OPTS[@]}" "$@"
+stage stage2 "$PY" train.py --cfg-path projects/minigpt4qwen/demo.yaml --overwrite \
   --options "${OPTS[@]}" model.q_former_model="$OUT/stage1/checkpoint_best" "$@"
 "$PY" -m lavis_lite.tools.export_checkpoint "$OUT/stage2" "$OUT/stage2/stage2_trainable.safetensors"
 stage eval "$PY" evaluate.py --cfg-path projects/minigpt4qwen/eval_demo_instruction.yaml --job-id eval \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv at the repository root when missing and (re)install the project when
-# pyproject.toml changed. Idempotent: a second run only compares a stamp.
+# pyproject.toml or the pinned versions changed. Idempotent: a second run only compares a stamp.
+# requirements/constraints.txt pins every package to the version the tests passed with (regenerate it
+# with requirements/make_constraints.py); LAVIS_LITE_CONSTRAINTS=none installs from pyproject's ranges.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -11,13 +13,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PY" -m venv "$VENV"
 fi
+CONSTRAINTS="${LAVIS_LITE_CONSTRAINTS:-$ROOT/requirements/constraints.txt}"
+PIN=() PINNED=/dev/null
+if [ "$CONSTRAINTS" != "none" ]; then
+  [ -f "$CONSTRAINTS" ] || { echo "[setup] constraints file $CONSTRAINTS is missing" >&2; exit 1; }
+  PIN=(-c "$CONSTRAINTS") PINNED="$CONSTRAINTS"
+fi
 STAMP="$VENV/.lavis_lite_installed"
-WANT="$(cat "$ROOT/pyproject.toml" | sha1sum | cut -c1-40) $TORCH_SPEC"
+WANT="$(cat "$ROOT/pyproject.toml" "$PINNED" | sha1sum | cut -c1-40) $TORCH_SPEC"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   echo "[setup] installing lavis_lite and its dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # shellcheck disable=SC2086
-  "$VENV/bin/python" -m pip install -q $TORCH_SPEC
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install -q "${PIN[@]}" $TORCH_SPEC
+  "$VENV/bin/python" -m pip install -q "${PIN[@]}" -e "$ROOT[dev]"
   echo "$WANT" > "$STAMP"
 fi

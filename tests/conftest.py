@@ -32,3 +32,38 @@ def _isolate_distributed_state(request):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+# ---- CI: a green run means every required test ran -----------------------------------------------
+# With CI=true a skipped test is an error, except tests marked ``gpu`` (need CUDA, which CI lacks) or
+# ``may_skip`` (a skip that depends on the data, not on the machine; say why next to the marker).
+ALLOWED_SKIP_MARKERS = ("gpu", "may_skip")
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; the only tests CI may skip for a missing machine")
+    config.addinivalue_line("markers", "may_skip: a data-dependent skip that CI=true allows (give the reason)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not _ci() or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if any(item.get_closest_marker(m) for m in ALLOWED_SKIP_MARKERS):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (f"CI=true: required test {item.nodeid} was skipped ({reason}). Install what it needs "
+                       f"(.ci/run does: Java, Chromium) or mark it gpu / may_skip if the skip is legitimate.")
+
+
+def pytest_collectreport(report):
+    if _ci() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"CI=true: test module {report.nodeid} was skipped at collection ({report.longrepr})"

@@ -1,5 +1,6 @@
 """EVA-ViT-G: names and shapes, attention bias layout, checkpoint loading, pos-embed interpolation."""
 import json
+import re
 import logging
 import os
 
@@ -104,3 +105,44 @@ def test_layer_ids_for_lr_decay():
     assert vit.get_num_layer("pos_embed") == 0
     assert vit.get_num_layer("patch_embed.proj.weight") == 0
     assert vit.get_num_layer("blocks.1.attn.qkv.weight") == 2
+
+
+# ---- half precision like the released model (LAVIS's convert_weights_to_fp16) ------------------------
+HALF_RULE = re.compile(r"^(patch_embed\.proj|blocks\.\d+\.attn\.(qkv|proj)|blocks\.\d+\.mlp\.fc[12])\.(weight|bias)$")
+
+
+@pytest.mark.parametrize("precision,half", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_half_precision_converts_only_linear_and_conv_tensors(precision, half):
+    vit = create_eva_vit_g(img_size=16, precision=precision, **TINY)
+    state = vit.state_dict()
+    assert {"cls_token", "pos_embed", "blocks.0.attn.q_bias", "blocks.0.norm1.weight"} <= set(state)
+    for key, tensor in state.items():
+        want = half if HALF_RULE.match(key) else torch.float32
+        assert tensor.dtype == want, f"{key}: {tensor.dtype}, LAVIS keeps {want}"
+
+
+def test_full_size_fp16_converts_275_of_511_tensors_on_meta():
+    with torch.device("meta"):
+        vit = create_eva_vit_g(img_size=224, precision="fp16")
+    dtypes = [t.dtype for t in vit.state_dict().values()]
+    assert len(dtypes) == 511 and dtypes.count(torch.float16) == 275 and dtypes.count(torch.float32) == 236
+
+
+def test_fp16_vit_runs_under_autocast_with_an_fp32_residual_stream():
+    torch.manual_seed(0)
+    ref = create_eva_vit_g(img_size=32, precision="fp32", drop_path_rate=0.0, **TINY).eval()
+    half = create_eva_vit_g(img_size=32, precision="fp32", drop_path_rate=0.0, **TINY).eval()
+    half.load_state_dict(ref.state_dict())
+    from lavis_lite.models.eva_vit import convert_weights_to_fp16
+    convert_weights_to_fp16(half)
+    streams, branch = [], []
+    for blk in half.blocks:
+        blk.register_forward_hook(lambda m, i, o: streams.append(o.dtype))
+        blk.attn.register_forward_hook(lambda m, i, o: branch.append(o.dtype))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out, want = half(x), ref(x)
+    assert out.dtype == torch.float32 and set(streams) == {torch.float32}
+    assert set(branch) == {torch.float16}  # the matmuls ran in half precision (autocast)
+    torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
+    assert not torch.equal(out, want)  # really computed in fp16, not an fp32 copy

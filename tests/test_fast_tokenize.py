@@ -166,6 +166,7 @@ def test_disabled_switch_and_unvetted_patterns(monkeypatch):
         assert ft._pattern_atoms(bad) is None, bad
 
 
+@pytest.mark.may_skip  # nothing to check when both Unicode tables agree (depends on the installed versions)
 def test_unicode_version_differences_go_the_slow_way():
     """Chars that ``regex`` (newer Unicode data) and Oniguruma classify differently are caught per char."""
     import regex

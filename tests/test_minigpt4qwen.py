@@ -31,6 +31,25 @@ def batch(n=4, seed=1):
     return {"image": torch.randn(n, 3, 32, 32, generator=g), "n_images": [1] * n, "conversations": convs}
 
 
+def assert_batch_matches_its_samples(model, samples):
+    """The batch loss is the token-weighted mean of its samples' losses and n_tokens their sum (padding,
+    masks and image placement do not leak between rows)."""
+    from lavis_lite.tasks.instruction_eval import split_instruction_batch
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(samples)
+            singles = [model(one) for one in split_instruction_batch(samples)]
+    finally:
+        model.train(was_training)
+    n = [int(o["n_tokens"]) for o in singles]
+    assert int(out["n_tokens"]) == sum(n) and min(n) > 0
+    want = sum(float(o["loss"]) * k for o, k in zip(singles, n)) / sum(n)
+    assert float(out["loss"]) == pytest.approx(want, rel=1e-4, abs=1e-5)
+    return out
+
+
 @pytest.fixture(scope="module")
 def model():
     return build().eval()
@@ -135,8 +154,7 @@ def test_several_images_and_none(model):
     samples = {"image": torch.randn(3, 3, 32, 32), "n_images": [2, 0, 1],
                "conversations": [conv("Which has more shapes?", "the first", marks=2), conv("Hello", "Hi", marks=0),
                                  conv("What colour?", "red")]}
-    out = model(samples)
-    assert torch.isfinite(out["loss"]) and out["n_tokens"] > 0
+    assert_batch_matches_its_samples(model, samples)
 
 
 def test_truncation_drops_the_images_of_dropped_rounds():
@@ -341,8 +359,7 @@ def test_missing_image_token_is_added_as_a_special_token():
     tok = model.tokenizer
     assert len(tok) == 694 and model.llm_model.get_input_embeddings().weight.shape[0] == 694
     assert tok("<|vision_pad|>", add_special_tokens=False).input_ids == [model.image_token_id]
-    out = model(batch(2))
-    assert torch.isfinite(out["loss"])
+    assert_batch_matches_its_samples(model, batch(2))
 
 
 def test_stage1_runner_checkpoint_folder_loads(tmp_path):
@@ -395,7 +412,7 @@ def test_llm_loaded_from_a_local_folder(tmp_path):
     assert model.llm_model.get_input_embeddings().weight.shape[0] == len(source.tokenizer) + 1  # token added
     assert torch.equal(model.llm_model.get_input_embeddings().weight[:-1],
                        source.llm_model.get_input_embeddings().weight)
-    assert torch.isfinite(model(batch(2))["loss"])
+    assert_batch_matches_its_samples(model, batch(2))
 
 
 @pytest.mark.parametrize("overrides", [{}, {"packing": True}, {"max_txt_len": 64}])

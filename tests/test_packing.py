@@ -111,9 +111,12 @@ def test_plan_rows_fits_and_covers():
     assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in r) <= 64 for r in rows)
     assert len(rows) == 4  # 209 tokens need at least ceil(209/64) = 4 rows
-    stats = padding_stats(lengths, 64)
-    assert stats["packed"] < stats["pad_to_longest"] < stats["pad_to_max"] or stats["pad_to_longest"] == stats["pad_to_max"]
-    assert stats["real_tokens"] == sum(lengths)
+    # exact token counts: the longest sample (64) fills a row alone, so every packed row is 64 wide
+    assert padding_stats(lengths, 64) == {"real_tokens": 209, "pad_to_max": 7 * 64, "pad_to_longest": 7 * 64,
+                                          "packed": 4 * 64, "packed_rows": 4}
+    # short samples: one packed row of 35 beats 3 x 20 (longest) and 3 x 64 (max)
+    assert padding_stats([10, 20, 5], 64) == {"real_tokens": 35, "pad_to_max": 192, "pad_to_longest": 60,
+                                              "packed": 35, "packed_rows": 1}
 
 
 def test_errors_are_clear():

@@ -204,29 +204,112 @@ def test_skipped_samples_are_reported_per_epoch(tmp_path):
     assert r.report_skipped(1) == {}  # counts were reset for the next epoch
 
 
+def _adamw_reference(params, grads, group, steps):
+    """AdamW written out (decoupled weight decay, bias correction), independent of torch.optim."""
+    lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    out = []
+    for p, g in zip(params, grads):
+        p, m, v = p.detach().double().clone(), torch.zeros_like(p, dtype=torch.float64), \
+            torch.zeros_like(p, dtype=torch.float64)
+        for t in range(1, steps + 1):
+            p.mul_(1 - lr * wd)
+            m = b1 * m + (1 - b1) * g.double()
+            v = b2 * v + (1 - b2) * g.double() ** 2
+            p -= lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        out.append(p)
+    return out
+
+
 @pytest.mark.parametrize("impl,foreach", [("auto", True), ("foreach", True), ("for_loop", False)])
 def test_optimizer_impl_switch_and_same_update(tmp_path, impl, foreach):
-    """run.optimizer_impl picks AdamW's implementation; every choice gives the same update."""
-    r = make_runner(tmp_path / impl, optimizer_impl=impl)
+    """run.optimizer_impl picks AdamW's implementation; every choice gives AdamW's update, parameter by
+    parameter (checked against AdamW written out, not against another torch implementation)."""
+    r = make_runner(tmp_path / impl, optimizer_impl=impl, weight_decay=0.1)
     opt = r.optimizer
     assert isinstance(opt, torch.optim.AdamW) and bool(opt.defaults["foreach"]) == foreach
     assert not opt.defaults.get("fused")  # CPU: never the fused CUDA kernel
-    params = [p for g in opt.param_groups for p in g["params"]]
     torch.manual_seed(0)
-    for p in params:
-        p.grad = torch.randn_like(p)
-    opt.step()
-    sums = torch.stack([p.detach().double().sum() for p in params])
-    ref = make_runner(tmp_path / f"{impl}_ref", optimizer_impl="for_loop")
-    ref_params = [p for g in ref.optimizer.param_groups for p in g["params"]]
-    torch.manual_seed(0)
-    for p in ref_params:
-        p.grad = torch.randn_like(p)
-    ref.optimizer.step()
-    torch.testing.assert_close(sums, torch.stack([p.detach().double().sum() for p in ref_params]))
+    for group in opt.param_groups:
+        params = list(group["params"])
+        start = [p.detach().clone() for p in params]
+        grads = [torch.randn_like(p) for p in params]
+        want = _adamw_reference(start, grads, group, steps=3)
+        group["_check"] = (params, grads, want)
+    for _ in range(3):
+        for group in opt.param_groups:
+            for p, g in zip(group["_check"][0], group["_check"][1]):
+                p.grad = g.clone()
+        opt.step()
+    n_checked = 0
+    for group in opt.param_groups:
+        params, _, want = group.pop("_check")
+        for p, w in zip(params, want):
+            torch.testing.assert_close(p.detach().double(), w, rtol=1e-5, atol=1e-6)
+            n_checked += 1
+    assert n_checked == sum(1 for p in r.unwrapped_model.parameters() if p.requires_grad)
+    assert any(g["weight_decay"] > 0 for g in opt.param_groups)  # decay is exercised too
 
 
 def test_unknown_optimizer_impl_is_named(tmp_path):
     r = make_runner(tmp_path, optimizer_impl="adamw8bit")
     with pytest.raises(ValueError, match="run.optimizer_impl.*'adamw8bit'"):
         r.optimizer
+
+
+DP_SCRIPT = r"""
+import os, sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+import toy_components as toy
+from lavis_lite.common.registry import registry
+from lavis_lite.runners.stepper import Stepper
+from lavis_lite.tasks.base_task import BaseTask
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model, ddp, batches = toy_model_and_batches = None, None, None
+torch.manual_seed(0)
+model = toy.ToyLM(dropout=0.0)
+mode = {mode!r}
+if mode == "labels":  # the rule's first source: the batch's labels (the model reports no n_tokens)
+    inner_forward = model.forward
+    model.forward = lambda samples: {{"loss": inner_forward(samples)["loss"]}}
+ddp = torch.nn.parallel.DistributedDataParallel(model)
+opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+sched = registry.get_lr_scheduler_class("constant_lr")(opt, init_lr=0.5)
+ds = toy.ToyDataset(8, seed=3)
+mine = [ds[i] for i in range(rank * 4, rank * 4 + 4)]
+batches = [ds.collater(mine[:2]), ds.collater(mine[2:])]  # 2 micro-batches per rank, accumulated
+if mode == "labels":
+    for b in batches:
+        b["labels"] = b["y"]
+stepper = Stepper(ddp, opt, sched, accum_grad_iters=2, max_grad_norm=1e9)
+stats = BaseTask()._train_loop(0, 0, 1, ddp, iter(batches), stepper, sched_epoch=0, log_freq=1, progress=False,
+                               header="t")
+if rank == 0:
+    torch.save({{"params": {{n: p.detach() for n, p in model.named_parameters()}}, "loss": stats["loss"]}}, {out!r})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["n_tokens", "labels"])
+def test_token_weighted_data_parallel_equals_one_process_on_the_whole_batch(tmp_path, mode):
+    """2 gloo ranks x 2 accumulated micro-batches of 2 samples == 1 process on all 8 samples at once
+    (unequal supervised tokens per rank, so averaging the ranks' mean losses would differ)."""
+    ds = toy.ToyDataset(8, seed=3)
+    items = [ds[i] for i in range(8)]
+    per_rank = [int((ds.collater(items[r * 4:r * 4 + 4])["y"] != -100).sum()) for r in (0, 1)]
+    assert per_rank[0] != per_rank[1]
+    script = tmp_path / "dp.py"
+    out = str(tmp_path / "rank0.pt")
+    script.write_text(DP_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), mode=mode, out=out))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", str(script)], cwd=REPO,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    dp = torch.load(out, weights_only=True)
+    single, stats = _stepper_run([ds.collater(items)], accum=1)
+    assert dp["loss"] == pytest.approx(stats["loss"], rel=1e-5)
+    for name, p in single.named_parameters():
+        torch.testing.assert_close(dp["params"][name], p.detach(), rtol=1e-5, atol=1e-6, msg=name)
+    torch.manual_seed(0)
+    start = toy.ToyLM(dropout=0.0)
+    assert not torch.allclose(start.head.weight, single.head.weight)  # a real update happened

@@ -24,9 +24,55 @@ def test_task_names_registered():
         assert issubclass(registry.get_task_class(name), BaseTask)
 
 
-def test_train_step_rejects_model_without_n_tokens():
-    with pytest.raises(TypeError, match="n_tokens"):
-        BaseTask().train_step(_Model({"loss": torch.tensor(1.0)}), {})
+def test_train_step_accepts_a_lavis_model_with_only_loss_and_rejects_one_without_loss():
+    out = BaseTask().train_step(_Model({"loss": torch.tensor(1.0)}), {})
+    assert float(out["loss"]) == 1.0
+    with pytest.raises(TypeError, match="'loss'"):
+        BaseTask().train_step(_Model({"logits": torch.zeros(2)}), {})
+
+
+def test_micro_batch_weight_rule_labels_then_n_tokens_then_equal():
+    from lavis_lite.tasks.step_output import BATCHES, TOKENS, micro_batch_weight, split_train_output
+    labels = torch.tensor([[-100, 3, 4], [5, -100, -100]])
+    # labels win over the model's n_tokens (known before the forward, the same on every runner)
+    weight, kind = micro_batch_weight({"labels": labels}, {"n_tokens": 9})
+    assert int(weight) == 3 and kind == TOKENS
+    assert micro_batch_weight({"x": 1}, {"n_tokens": 9}) == (9, TOKENS)
+    assert micro_batch_weight({"x": 1}, {"loss": 1.0}) == (1, BATCHES)
+    # what LAVIS tasks' train_step returns
+    loss = torch.tensor(2.0)
+    assert split_train_output(loss) == (loss, {})
+    assert split_train_output((loss, {"loss_itc": 1.0}))[1] == {"loss_itc": 1.0}
+    with pytest.raises(TypeError, match="train_step"):
+        split_train_output("nope")
+
+
+def test_loss_based_evaluation_without_n_tokens_averages_batches():
+    task = BaseTask()
+    outs = iter([{"loss": torch.tensor(1.0)}, {"loss": torch.tensor(4.0)}])
+
+    class M(torch.nn.Module):
+        def forward(self, samples):
+            return next(outs)
+
+    metrics = task.after_evaluation(task.evaluation(M(), [{"x": torch.zeros(1)}] * 2), "val", 0)
+    assert metrics["loss"] == pytest.approx(2.5) and metrics["n_batches"] == 2
+    assert "token_acc" not in metrics and metrics["agg_metrics"] == pytest.approx(-2.5)
+
+
+def test_stepper_rejects_a_window_mixing_token_and_equal_weights():
+    from lavis_lite.runners.stepper import BATCHES, TOKENS, Stepper
+    lin = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+
+    class Sched:
+        def step(self, **kw):
+            pass
+    st = Stepper(lin, opt, Sched(), accum_grad_iters=2)
+    st.begin_window([None, None], 0, 0)
+    st.backward(lin(torch.ones(2)).sum(), 3, TOKENS)
+    with pytest.raises(ValueError, match="mixes"):
+        st.backward(lin(torch.ones(2)).sum(), 1, BATCHES)
 
 
 def test_loss_based_evaluation_is_token_weighted():

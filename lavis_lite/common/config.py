@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 KNOWN_ROOTS = ("model", "datasets", "run", "imports")
 
 
-class ConfigError(ValueError):
+from lavis_lite.common.run_schema import SchemaError  # noqa: E402
+
+
+class ConfigError(SchemaError):
     """A configuration problem, naming the key and the file it was expected in."""
 
 
@@ -70,6 +73,7 @@ class Config:
         self.config: DictConfig = OmegaConf.merge(
             OmegaConf.create(extra), run_cfg, model_cfg, dataset_cfg, options
         )
+        self.check_schemas(options)
         registry.register("configuration", self)
 
     @classmethod
@@ -125,6 +129,36 @@ class Config:
                 {"datasets": {name: section}},
             )
         return merged
+
+    # ---- declared keys ------------------------------------------------------
+    def check_schemas(self, options: DictConfig) -> None:
+        """``run:`` and every ``datasets.<name>:`` against their declared keys (common/run_schema.py)."""
+        from lavis_lite.common import run_schema
+
+        run = self.config.get("run", None) or OmegaConf.create({})
+        runner_cls = task_cls = None
+        try:
+            runner_cls = registry.get_runner_class(run.get("runner", "runner_base"))
+            task_cls = registry.get_task_class(run.task)
+        except KeyError:
+            pass  # an unknown runner / task name is reported by the launcher with suggestions
+        try:
+            run_schema.check_run_section(run, runner_cls, task_cls, options, self.cfg_path)
+            for name, section in (self.config.get("datasets", None) or {}).items():
+                builder_cls = registry.get_builder_class(section.get("builder", name))
+                schema = run_schema.dataset_schema(builder_cls, self._builder_defaults(builder_cls, section))
+                run_schema.check_section(section, schema, f"datasets.{name}", options, self.cfg_path)
+        except run_schema.SchemaError as err:
+            raise ConfigError(str(err)) from None
+
+    @staticmethod
+    def _builder_defaults(builder_cls, section):
+        try:
+            path = builder_cls.default_config_path(section.get("type", "default"))
+        except KeyError:
+            return {}
+        defaults = OmegaConf.load(path).get("datasets", {}) or {}
+        return {k for part in defaults.values() if part for k in part}
 
     # ---- accessors -------------------------------------------------------
     @property

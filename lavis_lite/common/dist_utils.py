@@ -6,7 +6,6 @@ import functools
 import hashlib
 import logging
 import os
-import shutil
 import urllib.parse
 import urllib.request
 
@@ -145,14 +144,11 @@ def download_cached_file(url_or_path: str, cache_dir: str | None = None, md5: st
         local = urllib.request.url2pathname(parsed.path)
     elif parsed.scheme in ("http", "https"):
         local = cached_path_for_url(url_or_path, cache_dir)
-        if is_main_process() and not os.path.isfile(local):
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            tmp = local + ".part"
-            logger.info("downloading %s -> %s", url_or_path, local)
-            with urllib.request.urlopen(url_or_path) as resp, open(tmp, "wb") as out:
-                shutil.copyfileobj(resp, out)
-            os.replace(tmp, local)
-        barrier()
+        # Rank 0 decides, so every rank takes the same collective calls.
+        if broadcast_object(not os.path.isfile(local)):
+            # resumable and atomic; rank 0 only
+            from lavis_lite.common.download import fetch_on_main
+            fetch_on_main(url_or_path, local, md5=md5 if check_hash else None)
     else:
         local = os.path.expanduser(str(url_or_path))
     if not os.path.isfile(local):

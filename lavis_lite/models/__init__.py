@@ -10,3 +10,5 @@ from lavis_lite.models.loading import (  # noqa: F401
 )
 from lavis_lite.models import blip2_qformer, blip2_feature_extractor  # noqa: F401,E402
 from lavis_lite.models import blip  # noqa: F401,E402  (blip_caption, blip_vqa, blip_feature_extractor, ...)
+from lavis_lite.models import clip  # noqa: F401,E402
+from lavis_lite.models import blip2_opt, blip2_t5, blip2_instruct  # noqa: F401,E402  (LAVIS's BLIP-2 LLM models)

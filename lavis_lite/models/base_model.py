@@ -23,18 +23,26 @@ class CheckpointMismatchError(RuntimeError):
 
 
 def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
-    """Read a safetensors or torch checkpoint safely (weights_only); unwrap a top-level "model"."""
+    """Read a safetensors or torch checkpoint safely (weights_only); unwrap a top-level "model".
+    A file that is neither raises naming it."""
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        state = load_file(path)
-    else:
-        try:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # safetensors: an 8-byte little-endian header length, then a JSON header starting with "{"
+    looks_safetensors = path.endswith(".safetensors") or (
+        len(head) == 8 and 0 < int.from_bytes(head, "little") < 100_000_000 and _peek(path, 8) == b"{")
+    try:
+        if looks_safetensors:
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointMismatchError(f"Could not read checkpoint {path!r}: {err}") from err
+    except Exception as err:
+        kind = "safetensors" if looks_safetensors else "torch (.pth, weights_only)"
+        raise CheckpointMismatchError(f"Could not read checkpoint {path!r} as a {kind} file: "
+                                      f"{type(err).__name__}: {err}") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
@@ -42,6 +50,12 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"Checkpoint {path!r} holds no state dict")
     return state
+
+
+def _peek(path: str, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(1)
 
 
 class BaseModel(nn.Module):
@@ -64,7 +78,8 @@ class BaseModel(nn.Module):
         raise NotImplementedError(f"{cls.__name__} must implement from_config(cfg)")
 
     # Config keys that describe the model rather than its constructor arguments.
-    CONFIG_META_KEYS = frozenset({"arch", "model_type", "preprocess", "checkpoint"})
+    CONFIG_META_KEYS = frozenset({"arch", "model_type", "preprocess", "checkpoint", "partial_load",
+                                  "load_finetuned", "finetuned", "load_pretrained", "pretrained"})
 
     @classmethod
     def constructor_kwargs(cls, cfg) -> dict:
@@ -86,33 +101,65 @@ class BaseModel(nn.Module):
         return cls.from_config(cfg)
 
     # ---- checkpoints --------------------------------------------------------
-    def load_checkpoint(self, path_or_state, allow_missing: bool = True, strict_unexpected: bool = True):
+    partial_load: bool = False  # a model may opt in for every load (cfg ``partial_load: true``)
+
+    def load_checkpoint(self, path_or_state, partial: bool | None = None, allow_missing: bool = True,
+                        strict_unexpected: bool = True):
         """Load weights by name and report what did not match.
 
-        Missing keys are normal (checkpoints hold trainable weights only) and are logged
-        as a count; unexpected keys or shape mismatches raise unless
-        ``strict_unexpected=False``, in which case they are logged by name.
+        Frozen keys missing from the checkpoint are normal (checkpoints hold trainable weights only)
+        and are logged as a count. A missing *trainable* parameter is an error listing them, unless a
+        partial load is asked for (``partial=True`` or the model config's ``partial_load: true``): a
+        file with only ``llm_proj`` must not silently leave a trained Q-Former at its initial values.
+        Unexpected keys or shape mismatches raise unless ``strict_unexpected=False`` (then logged).
+        ``allow_missing=False`` makes any missing key (frozen too) an error.
         """
+        name = str(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) else "<state dict>"
         state = load_state_dict_file(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) \
             else path_or_state
+        partial = self.partial_load if partial is None else bool(partial)
         own = self.state_dict()
         unexpected = [k for k in state if k not in own]
         bad_shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                      for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
         if (unexpected or bad_shape) and strict_unexpected:
             raise CheckpointMismatchError(
-                f"Checkpoint {path_or_state if isinstance(path_or_state, str) else '<state dict>'} does not fit "
+                f"Checkpoint {name} does not fit "
                 f"{type(self).__name__}: unexpected keys {unexpected[:20]}{'...' if len(unexpected) > 20 else ''}; "
                 f"shape mismatches {bad_shape[:20]}"
             )
         loadable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+        missing_trainable = sorted(n for n, p in self.named_parameters() if p.requires_grad and n not in loadable)
+        if missing_trainable and not partial:
+            more = f" ... ({len(missing_trainable)} in all)" if len(missing_trainable) > 30 else ""
+            raise CheckpointMismatchError(
+                f"Checkpoint {name} lacks {len(missing_trainable)} trainable parameter(s) of "
+                f"{type(self).__name__}: {missing_trainable[:30]}{more}. Load it on purpose with "
+                f"load_checkpoint(..., partial=True) or the model config's 'partial_load: true'")
         result = self.load_state_dict(loadable, strict=False)
         missing = list(result.missing_keys)
         if missing and not allow_missing:
-            raise CheckpointMismatchError(f"Checkpoint is missing keys: {missing[:20]}")
+            raise CheckpointMismatchError(f"Checkpoint {name} is missing keys: {missing[:20]}")
+        if missing_trainable:
+            logger.warning("partial load of %s: %d trainable parameters keep their current values: %s",
+                           name, len(missing_trainable), missing_trainable[:20])
         logger.info("loaded %d tensors; %d model keys not in checkpoint; unexpected: %s; shape mismatch: %s",
                     len(loadable), len(missing), unexpected, bad_shape)
-        return {"missing_keys": missing, "unexpected_keys": unexpected, "shape_mismatch": bad_shape}
+        return {"missing_keys": missing, "unexpected_keys": unexpected, "shape_mismatch": bad_shape,
+                "missing_trainable": missing_trainable}
+
+    def load_checkpoint_from_config(self, cfg, **kwargs):
+        """LAVIS's hook for ``from_config``: ``finetuned`` (when ``load_finetuned``, default True) is
+        loaded as a full checkpoint; else ``pretrained`` (when ``load_pretrained``) as an initialisation
+        (partial: it need not hold every trainable parameter). Nothing happens when neither is set."""
+        self.partial_load = bool(cfg.get("partial_load", False))
+        finetuned, pretrained = cfg.get("finetuned", None), cfg.get("pretrained", None)
+        if cfg.get("load_finetuned", True) and finetuned:
+            return self.load_checkpoint(finetuned, **kwargs)
+        if cfg.get("load_pretrained", True) and pretrained:
+            loader = getattr(self, "load_from_pretrained", None)
+            return loader(pretrained) if callable(loader) else self.load_checkpoint(pretrained, partial=True)
+        return None
 
     # ---- conveniences -------------------------------------------------------
     @property

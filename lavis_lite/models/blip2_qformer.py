@@ -132,6 +132,7 @@ class Blip2Qformer(Blip2Base):
     @classmethod
     def from_config(cls, cfg):
         model = cls(**cls.constructor_kwargs(cfg))
+        model.partial_load = bool(cfg.get("partial_load", False))  # a checkpoint lacking trainable keys raises
         if cfg.get("checkpoint"):
             model.load_checkpoint(cfg["checkpoint"])
         return model

@@ -115,8 +115,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attn(self.norm1(x))).to(x.dtype)  # residual keeps its (fp32) dtype
+        return x + self.drop_path(self.mlp(self.norm2(x))).to(x.dtype)
 
 
 class VisionTransformer(nn.Module):
@@ -150,10 +150,28 @@ class VisionTransformer(nn.Module):
             blk.attn.proj.weight.data.div_(math.sqrt(2.0 * (i + 1)))
             blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * (i + 1)))
 
+    @property
+    def half_dtype(self) -> torch.dtype | None:
+        """fp16 / bf16 when the Linear/Conv weights were converted (``convert_weights_to_fp16``), else None."""
+        dtype = self.patch_embed.proj.weight.dtype
+        return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As the released model runs: half-precision Linear/Conv weights under autocast (their matmuls in
+        # half), LayerNorms and the residual stream in fp32. Entered here when the caller has no autocast.
+        half = self.half_dtype
+        if half is not None and not torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, dtype=half):
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x), dim=1)
-        x = x + self.pos_embed.to(x.dtype)
+        # The stream takes cls_token's dtype (fp32 unless the whole model was cast): the half outputs of
+        # attention / MLP are added to an fp32 residual, as in LAVIS where torch.cat promotes to fp32.
+        stream = self.cls_token.dtype
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x.to(stream)), dim=1)
+        x = x + self.pos_embed.to(stream)
         for blk in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)
@@ -223,10 +241,26 @@ def load_vit_checkpoint(model: VisionTransformer, path: str) -> dict:
     return {"dropped": dropped}
 
 
+def convert_weights_to_fp16(model: nn.Module, dtype: torch.dtype = torch.float16) -> nn.Module:
+    """LAVIS's rule for the fp16 EVA-ViT: only Linear / Conv weights and biases become half precision;
+    LayerNorms, ``q_bias`` / ``v_bias``, ``pos_embed`` and ``cls_token`` stay fp32 (275 of EVA-ViT-G's
+    511 tensors are converted)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            module.weight.data = module.weight.data.to(dtype)
+            if module.bias is not None:
+                module.bias.data = module.bias.data.to(dtype)
+    return model
+
+
 def cast_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``fp32``: as built; ``fp16`` / ``bf16``: LAVIS's rule (``convert_weights_to_fp16``), run under
+    autocast with an fp32 residual stream (``VisionTransformer.forward``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"vit_precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-    return model.to(PRECISIONS[precision])
+    if precision == "fp32":
+        return model.float()
+    return convert_weights_to_fp16(model, PRECISIONS[precision])
 
 
 def create_eva_vit_g(img_size: int = 224, drop_path_rate: float = 0.4, use_checkpoint: bool = False,

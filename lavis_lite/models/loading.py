@@ -32,17 +32,27 @@ def _build(name: str, model_type: str | None, extra: DictConfig | None = None):
     return model_cls.from_config(cfg), cfg
 
 
-def load_model(name: str, model_type: str | None = None, is_eval: bool = False, device="cpu", checkpoint=None):
+def load_model(name: str, model_type: str | None = None, is_eval: bool = False, device="cpu", checkpoint=None,
+               partial: bool = False):
     """Build a registered model from its default YAML for ``model_type``.
 
-    ``checkpoint``: a ``.safetensors`` / ``.pth`` file of (trainable) weights, or a folder holding
-    ``config.yaml`` + ``model.safetensors`` written by an export tool (its config then describes the model).
+    ``checkpoint``: a ``.safetensors`` / ``.pth`` file of (trainable) weights, a folder holding
+    ``config.yaml`` + ``model.safetensors`` written by an export tool (its config then describes the
+    model), a training checkpoint / job folder of our runners, or a Hugging Face BLIP-2 / InstructBLIP
+    folder (models/hf_blip2_convert.py). A checkpoint lacking some of the model's trainable parameters
+    raises listing them unless ``partial=True``.
     """
     extra = None
     weights = None
     if checkpoint is not None:
         path = os.path.abspath(os.path.expanduser(str(checkpoint)))
-        if os.path.isdir(path):
+        from lavis_lite.models import hf_blip2_convert
+
+        if hf_blip2_convert.is_hf_folder(path):  # a transformers BLIP-2 / InstructBLIP save_pretrained folder
+            return hf_blip2_convert.load_hf_model(path, name, model_type, is_eval=is_eval, device=device)
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, EXPORT_CONFIG_NAME)):
+            weights = path  # a runner checkpoint (plain or DeepSpeed) or a job folder
+        elif os.path.isdir(path):
             cfg_file, weights = os.path.join(path, EXPORT_CONFIG_NAME), os.path.join(path, EXPORT_WEIGHTS_NAME)
             for needed in (cfg_file, weights):
                 if not os.path.isfile(needed):
@@ -55,8 +65,12 @@ def load_model(name: str, model_type: str | None = None, is_eval: bool = False, 
         else:
             raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist (looked at {path})")
     model, _ = _build(name, model_type, extra)
-    if weights:
-        report = model.load_checkpoint(weights)
+    if weights and os.path.isdir(weights):
+        from lavis_lite.tools.export_checkpoint import load_checkpoint_state
+        report = model.load_checkpoint(load_checkpoint_state(weights), partial=partial)
+        logger.info("loaded %s (%d model tensors not in it)", weights, len(report["missing_keys"]))
+    elif weights:
+        report = model.load_checkpoint(weights, partial=partial)
         logger.info("loaded %s (%d model tensors not in it)", weights, len(report["missing_keys"]))
     if is_eval:
         model.eval()
@@ -83,15 +97,27 @@ def load_preprocess(config) -> tuple[dict, dict]:
     return vis, txt
 
 
-def load_model_and_preprocess(name: str, model_type: str | None = None, is_eval: bool = False, device="cpu"):
+def load_model_and_preprocess(name: str, model_type: str | None = None, is_eval: bool = False, device="cpu",
+                              checkpoint=None, partial: bool = False):
     """(model, vis_processors, txt_processors) from the model YAML (its ``preprocess:`` section sits at
-    the top level or under ``model:``)."""
+    the top level or under ``model:``). ``checkpoint`` / ``partial`` as in ``load_model``: a trained
+    checkpoint, a job folder or an exported folder (whose config then picks the model type and,
+    when it has one, the preprocess section)."""
     model_cls = registry.get_model_class(name)
+    exported = None
+    if checkpoint is not None:
+        folder = os.path.abspath(os.path.expanduser(str(checkpoint)))
+        if os.path.isfile(os.path.join(folder, EXPORT_CONFIG_NAME)):
+            exported = OmegaConf.load(os.path.join(folder, EXPORT_CONFIG_NAME))
+            model_type = _model_section(exported).get("model_type", model_type)
     cfg = OmegaConf.load(model_cls.default_config_path(model_type))
-    preprocess = cfg.get("preprocess") or _model_section(cfg).get("preprocess")
+    preprocess = None
+    if exported is not None:
+        preprocess = exported.get("preprocess") or _model_section(exported).get("preprocess")
+    preprocess = preprocess or cfg.get("preprocess") or _model_section(cfg).get("preprocess")
     if preprocess is None:
         logger.warning("model %s/%s has no preprocess section; processors pass inputs through", name, model_type)
-    model = load_model(name, model_type, is_eval=is_eval, device=device)
+    model = load_model(name, model_type, is_eval=is_eval, device=device, checkpoint=checkpoint, partial=partial)
     vis, txt = load_preprocess(preprocess)
     return model, vis, txt
 

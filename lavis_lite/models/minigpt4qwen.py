@@ -112,6 +112,7 @@ class Minigpt4Qwen(Blip2Base):
     @classmethod
     def from_config(cls, cfg):
         model = cls(**cls.constructor_kwargs(cfg))
+        model.partial_load = bool(cfg.get("partial_load", False))  # a checkpoint lacking trainable keys raises
         if cfg.get("checkpoint"):
             model.load_checkpoint(llm_utils.resolve_local_path(cfg["checkpoint"], "checkpoint", want_dir=False))
         return model

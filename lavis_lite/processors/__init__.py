@@ -5,6 +5,7 @@ from lavis_lite.processors.image_processors import (  # noqa: F401
     BlipImageTrainProcessor,
     to_rgb,
 )
+from lavis_lite.processors import clip_processors  # noqa: F401
 from lavis_lite.processors.text_processors import (  # noqa: F401
     BaseInstructionProcessor,
     BlipCaptionProcessor,

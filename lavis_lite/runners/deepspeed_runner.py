@@ -23,8 +23,9 @@ import torch.distributed as dist
 from lavis_lite.common import dist_utils
 from lavis_lite.common.config import ConfigError
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import DeepSpeedKeys
 from lavis_lite.runners.runner_base import RunnerBase
-from lavis_lite.runners.stepper import Stepper, window_totals
+from lavis_lite.runners.stepper import BATCHES, TOKENS, Stepper, window_totals
 
 logger = logging.getLogger(__name__)
 
@@ -86,48 +87,81 @@ def _ensure_process_group() -> None:
 
 
 class DeepSpeedStepper(Stepper):
-    """Steps through the engine. Token weighting is exact when the model can count a micro-batch's
-    supervised tokens before its forward (``count_supervised_tokens(samples)``): each backward is
-    ``l_i n_i W / N`` without DeepSpeed's 1/accum scaling; otherwise micro-batches weigh equally."""
+    """Steps through the engine. The engine reduces and accumulates gradients itself, so a micro-batch's
+    weight must be known before its backward: token weighting is exact when every micro-batch of the
+    window has ``labels`` (their supervised tokens) or the model offers ``count_supervised_tokens(samples)``
+    (a pre-forward count; our models' batches carry conversations, not labels): each backward is then
+    ``l_i n_i W / N`` without DeepSpeed's 1/accum scaling. Otherwise micro-batches weigh equally
+    (LAVIS's behaviour), with a warning when the model reports ``n_tokens`` that could not be used."""
 
     def __init__(self, engine, optimizer, scheduler, accum_grad_iters, amp_dtype, device):
         super().__init__(engine, optimizer, scheduler, accum_grad_iters, None, None, amp_dtype, device)
         self.engine = engine
         self.counter = getattr(engine.module, "count_supervised_tokens", None)
         self.window_tokens = None
-        if self.counter is None and (accum_grad_iters > 1 or dist_utils.get_world_size() > 1):
-            logger.warning("%s has no count_supervised_tokens(samples): DeepSpeed micro-batches are weighted "
-                           "equally, not by supervised tokens", type(engine.module).__name__)
+        self.pre_counts = None
+        self._warned = False
 
     @contextlib.contextmanager
     def micro_batch(self, last: bool):
         with self.autocast():  # the engine reduces gradients at its own accumulation boundary
             yield
 
+    def _pre_count(self, samples):
+        labels = samples.get("labels", None) if isinstance(samples, dict) else None
+        if isinstance(labels, torch.Tensor):
+            return int((labels != -100).sum())
+        if self.counter is not None:
+            return int(self.counter(samples))
+        return None
+
     def begin_window(self, window, epoch, step):
         super().begin_window(window, epoch, step)
+        counts = [self._pre_count(s) for s in window]
+        # Every rank must take the same decision (the window total is all-reduced).
+        known = all(c is not None for c in counts)
+        if dist_utils.is_dist_avail_and_initialized():
+            flag = torch.tensor([0.0 if known else 1.0])
+            if dist.get_backend() == "nccl":
+                flag = flag.cuda()
+            dist.all_reduce(flag)
+            known = float(flag) == 0
+        self.pre_counts = list(counts) if known else None
         self.window_tokens = None
-        if self.counter is not None:
-            local = sum(int(self.counter(s)) for s in window)
-            _, self.window_tokens = window_totals(torch.zeros(()), torch.tensor(float(local)))
+        if known:
+            _, self.window_tokens = window_totals(torch.zeros(()), torch.tensor(float(sum(counts))))
 
     def _backward(self, weighted_loss):
         raise AssertionError("DeepSpeedStepper.backward is used instead")
 
-    def backward(self, loss, n_tokens):
-        n = float(n_tokens)
+    def backward(self, loss, n_tokens, kind=None):
+        if self.pre_counts is not None:  # exact token weighting with the counts known before the forward
+            n, kind = float(self.pre_counts.pop(0)), TOKENS
+        else:
+            if kind == TOKENS and not self._warned and (self.accum_grad_iters > 1 or dist_utils.get_world_size() > 1):
+                logger.warning("%s reports n_tokens only after its forward and its batches have no 'labels': "
+                               "DeepSpeed micro-batches are weighted equally, not by supervised tokens (give the "
+                               "batch 'labels' or the model count_supervised_tokens(samples))",
+                               type(self.engine.module).__name__)
+                self._warned = True
+            n, kind = 1.0, BATCHES
+        self._note_kind(kind)
         self.loss_sum += (torch.nan_to_num(loss.detach().double()) * n).cpu()
         self.n_tokens += n
         if self.window_tokens:
             scale = n * dist_utils.get_world_size() / self.window_tokens
             self.engine.backward(torch.nan_to_num(loss.float()) * scale, scale_wrt_gas=False)
+        elif self.window_tokens is not None:  # a window without supervised tokens: keep the graph, no signal
+            self.engine.backward(torch.nan_to_num(loss.float()) * 0.0)
         else:
             self.engine.backward(loss.float())
         self.engine.step()  # a no-op except at the accumulation boundary
 
     def step(self) -> dict:
         loss_sum, n_tokens = window_totals(self.loss_sum, self.n_tokens)
-        stats = {"loss": loss_sum / n_tokens if n_tokens > 0 else 0.0, "n_tokens": n_tokens, "lr": self.lr}
+        stats = {"loss": loss_sum / n_tokens if n_tokens > 0 else 0.0, "lr": self.lr}
+        if self.weight_kind != BATCHES:
+            stats["n_tokens"] = n_tokens
         norm = self.engine.get_global_grad_norm()
         if norm is not None:
             stats["grad_norm"] = float(norm)
@@ -136,6 +170,7 @@ class DeepSpeedStepper(Stepper):
 
 @registry.register_runner("deepspeed_runner")
 class DeepSpeedRunner(RunnerBase):
+    run_schema = DeepSpeedKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     @classmethod
     def validate_config(cls, cfg) -> None:
         super().validate_config(cfg)

@@ -27,6 +27,8 @@ def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     parser.add_argument("--job-id", default=None, help="output sub-directory name (default: a timestamp)")
     parser.add_argument("--resume", default=None,
                         help="a checkpoint directory, or 'auto' = the latest complete checkpoint of the job")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="the job folder holds an earlier run: move it aside to <job>.replaced-<time> and start over")
     parser.add_argument("--import", dest="imports", action="append", default=[],
                         help="plugin module or .py file registering extra components (repeatable)")
     return parser.parse_args(argv)
@@ -36,7 +38,8 @@ def _auto_job_id(output_dir: str) -> str | None:
     """For ``--resume auto`` without ``--job-id``: the most recent job with a complete checkpoint."""
     if not os.path.isdir(output_dir):
         return None
-    jobs = [j for j in os.listdir(output_dir) if find_latest_checkpoint(os.path.join(output_dir, j))]
+    jobs = [j for j in os.listdir(output_dir)
+            if ".replaced-" not in j and find_latest_checkpoint(os.path.join(output_dir, j))]  # not --overwrite's
     return max(jobs, key=lambda j: os.path.getmtime(os.path.join(output_dir, j))) if jobs else None
 
 
@@ -47,6 +50,10 @@ def load_config(args, evaluate_only: bool = False) -> Config:
     options = list(args.options)
     if args.resume:
         options.append(f"run.resume_ckpt_path={args.resume}")
+    if getattr(args, "overwrite", False):
+        if args.resume:
+            raise ConfigError("--overwrite and --resume contradict each other: resume a run or replace it")
+        options.append("run.overwrite=True")
     if evaluate_only:
         options.append("run.evaluate=True")
     args.options = options
@@ -81,7 +88,7 @@ def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
     setup_logger()
     job_id = job_id_for(args, cfg)
     cfg.pretty_print()
-    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
+    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg=cfg)  # LAVIS: setup_task(cfg=cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     setup_seeds(cfg.run_cfg)  # per-rank streams from here on (data order, dropout)
@@ -89,5 +96,9 @@ def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
     from lavis_lite.common.feature_cache_run import prepare_feature_cache
     datasets = prepare_feature_cache(cfg, model, datasets)
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
-    runner = runner_cls(cfg=cfg, task=task, model=model, datasets=datasets, job_id=job_id)
+    from lavis_lite.runners.job_folder import JobFolderError
+    try:
+        runner = runner_cls(cfg=cfg, task=task, model=model, datasets=datasets, job_id=job_id)
+    except JobFolderError as err:
+        raise SystemExit(f"Job folder error: {err}") from err
     return cfg, task, runner

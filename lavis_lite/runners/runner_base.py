@@ -30,7 +30,9 @@ from lavis_lite.common import dist_utils
 from lavis_lite.common.config import ConfigError
 from lavis_lite.common.logger import setup_logger
 from lavis_lite.common.registry import registry
+from lavis_lite.common.trackers import TrackerKeys, check_loggers, start_trackers
 from lavis_lite.runners.checkpointing import CheckpointingMixin
+from lavis_lite.runners.job_folder import claim_job_folder, drop_records_from, release_lock
 from lavis_lite.runners.data import BatchSource, TrainStream, build_eval_loader, concat_eval_datasets
 from lavis_lite.runners.stepper import Stepper
 from lavis_lite.tasks.base_task import move_to_device
@@ -69,6 +71,7 @@ def adamw_implementation(choice: str, device: torch.device) -> dict:
 
 
 class RunnerBase(CheckpointingMixin):
+    run_schema = TrackerKeys  # run.loggers / run.wandb / run.mlflow (lavis_lite/common/trackers)
     iteration_based: bool | None = None  # None: decided by whether run.iters is set
 
     def __init__(self, cfg, task, model, datasets, job_id):
@@ -76,6 +79,7 @@ class RunnerBase(CheckpointingMixin):
         self._wrapped = self._optimizer = self._scaler = self._scheduler = None
         self._stream = self._eval_loaders = self._stepper = None
         self.start_epoch, self.best_agg_metric, self.best_epoch = 0, -math.inf, None
+        self.trackers = None  # run.loggers (common/trackers): started by train() / evaluate()
         self.iteration_based = self.is_iteration_based(self.run_cfg)
         self.validate_config(cfg)
         self.setup_output_dir()
@@ -93,6 +97,7 @@ class RunnerBase(CheckpointingMixin):
     def validate_config(cls, cfg) -> None:
         """Check the run section before anything is built; errors name the key and the file."""
         run, where = cfg.run_cfg, getattr(cfg, "cfg_path", "the run config")
+        check_loggers(run, where)  # a logger whose package is missing fails here, before any model is built
         if run.get("evaluate", False):
             return
         missing = [k for k in ("init_lr", "batch_size_train", "train_splits") if run.get(k, None) in (None, [], "")]
@@ -150,13 +155,15 @@ class RunnerBase(CheckpointingMixin):
         out_root = os.path.abspath(os.path.expanduser(str(self.run_cfg.get("output_dir", "output"))))
         self.output_dir = os.path.join(out_root, self.job_id)
         self.result_dir = os.path.join(self.output_dir, "result")
+        if not self.evaluate_only:  # one run per job folder (runners/job_folder.py), before anything is written
+            resume = self.run_cfg.get("resume_ckpt_path", None) not in (None, "", False)
+            claim_job_folder(self.output_dir, resume=resume, overwrite=bool(self.run_cfg.get("overwrite", False)))
         if dist_utils.is_main_process():
             os.makedirs(self.result_dir, exist_ok=True)
         dist_utils.barrier()
         registry.register_path("output_dir", self.output_dir)
         registry.register_path("result_dir", self.result_dir)
         setup_logger(os.path.join(self.output_dir, "log.txt"))
-        self._tb = None
 
     @dist_utils.main_process
     def dump_config(self):
@@ -169,13 +176,8 @@ class RunnerBase(CheckpointingMixin):
         record = {"split": split, "epoch": epoch, **{k: v for k, v in stats.items() if _jsonable(v)}}
         with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.run_cfg.get("tensorboard", False):
-            if self._tb is None:
-                from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-                self._tb = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
-            for k, v in stats.items():
-                if isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"{split}/{k}", v, epoch if isinstance(epoch, int) else 0)
+        if self.trackers is not None:
+            self.trackers.log_stats(stats, split, epoch)
 
     # ---- lazily built pieces -----------------------------------------------------------
     @property
@@ -306,6 +308,8 @@ class RunnerBase(CheckpointingMixin):
     def stepper(self) -> Stepper:
         if self._stepper is None:
             self._stepper = self.build_stepper()
+            if self.trackers is not None:  # per-step records for metrics.jsonl and the loggers
+                self._stepper = self.trackers.wrap_stepper(self._stepper, self.step_position)
         return self._stepper
 
     def build_stepper(self) -> Stepper:
@@ -320,10 +324,19 @@ class RunnerBase(CheckpointingMixin):
         return int(self.run_cfg.max_epoch)
 
     def train(self):
+        try:
+            return self._train()
+        finally:
+            if not self.evaluate_only and dist_utils.is_main_process():
+                release_lock(self.output_dir)
+
+    def _train(self):
         start = time.time()
         self.dump_config()
         self.maybe_resume()
+        self.trackers = self.trackers or start_trackers(self)
         if not self.evaluate_only:
+            drop_records_from(self.output_dir, self.start_epoch)  # what a killed attempt logged past its checkpoint
             logger.info("training %s from epoch %d: %s", type(self._model).__name__, self.start_epoch,
                         getattr(self._model, "show_n_params", lambda: "")())
             for epoch in range(self.start_epoch, self.n_epochs):
@@ -338,6 +351,7 @@ class RunnerBase(CheckpointingMixin):
         test_logs = self.evaluate(self.split_names("test_splits"), cur_epoch="best") \
             if self.split_names("test_splits") else {}
         logger.info("training time %.1fs", time.time() - start)
+        self.trackers.finish()
         return test_logs
 
     def report_skipped(self, epoch: int) -> dict:
@@ -353,6 +367,12 @@ class RunnerBase(CheckpointingMixin):
         if report:
             logger.warning("epoch %d: bad samples skipped: %s", epoch, report)
         return report
+
+    def step_position(self, sched_epoch: int, step: int) -> tuple[int, int]:
+        """(epoch, optimizer steps done before this one) of the inner loop's ``begin_window`` arguments."""
+        if self.iteration_based:
+            return step // int(self.run_cfg.iters_per_inner_epoch), step
+        return sched_epoch, self.global_step(sched_epoch) + step
 
     def global_step(self, epoch: int) -> int:
         """Optimizer steps taken before ``epoch`` starts."""
@@ -404,6 +424,8 @@ class RunnerBase(CheckpointingMixin):
     def evaluate(self, split_names=None, cur_epoch="best", skip_reload=False) -> dict:
         """Evaluate ``split_names`` (default: test splits); ``cur_epoch="best"`` first loads the best
         checkpoint of this job when there is one."""
+        started_here = self.trackers is None  # evaluate.py: this call owns the trackers
+        self.trackers = self.trackers or start_trackers(self)
         best = os.path.join(self.output_dir, "checkpoint_best")
         if cur_epoch == "best" and not skip_reload and ckpt.is_complete(best):
             self.load_model_weights(best)
@@ -411,6 +433,9 @@ class RunnerBase(CheckpointingMixin):
         for split in split_names or self.split_names("test_splits"):
             logs[split] = self.eval_epoch(split, cur_epoch)
             self.log_stats(logs[split] or {}, split, cur_epoch)
+        if started_here:
+            self.trackers.finish()
+            self.trackers = None
         return logs
 
 

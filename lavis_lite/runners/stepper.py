@@ -1,8 +1,12 @@
 """Steppers: how one optimizer step is taken from a window of micro-batches.
 
-Token weighting: the model returns a per-micro-batch mean loss ``l_i`` over ``n_i`` supervised
-tokens. The step's objective is ``sum_i l_i n_i / N`` with ``N`` the supervised tokens of the
-whole window on all ranks, so accumulating 2 x B equals one batch of 2B and ranks with more
+Weighting (``micro_batch_weight``): the model returns a per-micro-batch mean loss ``l_i``. Its
+weight ``n_i`` is, in this order,
+  1. the supervised tokens of the batch's ``labels`` (``(labels != -100).sum()``), when the batch has them;
+  2. the ``n_tokens`` the model returned next to the loss (optional refinement of LAVIS's contract);
+  3. 1: micro-batches weigh equally, as in LAVIS, for a model that returns only ``{"loss"}``.
+The step's objective is ``sum_i l_i n_i / N`` with ``N`` the sum of the weights of the whole window
+on all ranks, so with token weights accumulating 2 x B equals one batch of 2B and ranks with more
 tokens count more. ``Stepper`` backpropagates ``l_i n_i`` and rescales the gradients once ``N``
 is known (all-reduced) just before clipping; the logged loss is the true mean ``sum l_i n_i / N``.
 """
@@ -15,6 +19,7 @@ import torch.distributed as dist
 
 from lavis_lite.common import dist_utils
 from lavis_lite.tasks.base_task import move_to_device
+from lavis_lite.tasks.step_output import BATCHES, TOKENS, micro_batch_weight, split_train_output  # noqa: F401
 
 
 def _as_tensor(n_tokens, device) -> torch.Tensor:
@@ -49,6 +54,16 @@ class Stepper:
     def _reset_window(self):
         self.loss_sum = torch.zeros((), dtype=torch.float64)
         self.n_tokens = torch.zeros((), dtype=torch.float64)
+        self.weight_kind = None
+
+    def _note_kind(self, kind: str) -> None:
+        """One window must weigh all its micro-batches the same way (tokens, or equally)."""
+        if kind is None:
+            return
+        if self.weight_kind not in (None, kind):
+            raise ValueError(f"a window mixes micro-batches weighted by {self.weight_kind} and by {kind}: "
+                             "the model must return 'n_tokens' for every batch or for none")
+        self.weight_kind = kind
 
     # ---- what the task's loop calls --------------------------------------------
     def prepare(self, samples):
@@ -71,7 +86,9 @@ class Stepper:
         self._reset_window()
         self.scheduler.step(cur_epoch=epoch, cur_step=step)
 
-    def backward(self, loss: torch.Tensor, n_tokens) -> None:
+    def backward(self, loss: torch.Tensor, n_tokens, kind: str | None = None) -> None:
+        """``n_tokens``: the micro-batch's weight (see ``micro_batch_weight``; 1 = equal weighting)."""
+        self._note_kind(kind)
         n = _as_tensor(n_tokens, loss.device)
         # A micro-batch without supervised tokens may report a NaN mean; it still joins the graph (DDP).
         weighted = torch.nan_to_num(loss.float()) * n.float() if float(n) > 0 else loss.float() * 0.0
@@ -84,7 +101,9 @@ class Stepper:
 
     def step(self) -> dict:
         loss_sum, n_tokens = window_totals(self.loss_sum, self.n_tokens)
-        stats = {"loss": loss_sum / n_tokens if n_tokens > 0 else 0.0, "n_tokens": n_tokens, "lr": self.lr}
+        stats = {"loss": loss_sum / n_tokens if n_tokens > 0 else 0.0, "lr": self.lr}
+        if self.weight_kind != BATCHES:
+            stats["n_tokens"] = n_tokens
         if n_tokens == 0:  # nothing supervised in the window: no update
             self.optimizer.zero_grad(set_to_none=True)
             return stats

@@ -6,7 +6,10 @@ API (what runners call and what subclasses override)
 - ``build_model(cfg)``           registry model class ``.from_config(cfg.model_cfg)``.
 - ``build_datasets(cfg)``        ``{dataset_name: {split: Dataset}}`` through the registered builders.
 - ``train_step(model, samples)`` one forward; returns the model's dict with ``"loss"`` (mean over the
-                                 micro-batch's supervised tokens) and ``"n_tokens"``.
+                                 micro-batch) and optionally ``"n_tokens"``; LAVIS-style overrides may
+                                 return ``(loss, loss_dict)`` or a bare loss. A micro-batch weighs its
+                                 ``labels``' supervised tokens, else ``n_tokens``, else 1 (equal weights,
+                                 LAVIS's behaviour): ``lavis_lite.runners.stepper.micro_batch_weight``.
 - ``train_epoch(epoch, model, data_loader, stepper, iters_per_epoch)`` and
   ``train_iters(epoch, start_iters, iters_per_inner_epoch, model, data_loader, stepper)``
                                  both run the ONE inner loop (``_train_loop``); they return averaged stats.
@@ -24,7 +27,7 @@ reports ``loss``, ``token_acc`` and ``agg_metrics`` (token accuracy, else minus 
 The stepper (provided by the runner, see ``lavis_lite.runners.stepper``) hides wrapping and
 optimisation: ``accum_grad_iters``, ``prepare(samples)``, ``micro_batch(last)`` (autocast and
 DDP no-sync), ``begin_window(batches, epoch, step)``, ``backward(loss, n_tokens)`` and
-``step() -> {"loss", "lr", "n_tokens", ...}``.
+``step() -> {"loss", "lr", "n_tokens" (token-weighted windows), ...}``.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import torch.distributed as dist
 from lavis_lite.common import dist_utils
 from lavis_lite.common.logger import MetricLogger
 from lavis_lite.common.registry import registry
+from lavis_lite.tasks.step_output import TOKENS, micro_batch_weight, split_train_output
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +75,10 @@ class BaseTask:
     # ---- training ----------------------------------------------------------
     def train_step(self, model, samples) -> dict:
         output = model(samples)
-        if not isinstance(output, dict) or "loss" not in output or "n_tokens" not in output:
+        if not isinstance(output, dict) or "loss" not in output:
             got = sorted(output) if isinstance(output, dict) else type(output).__name__
-            raise TypeError(f"{type(_unwrap(model)).__name__}.forward must return a dict with 'loss' and "
-                            f"'n_tokens' (docs/contracts.md); got {got}")
+            raise TypeError(f"{type(_unwrap(model)).__name__}.forward must return a dict with 'loss' "
+                            f"(and optionally 'n_tokens'; docs/contracts.md); got {got}")
         return output
 
     def train_epoch(self, epoch, model, data_loader, stepper, iters_per_epoch=None, log_freq=50,
@@ -104,14 +108,20 @@ class BaseTask:
         for step in range(start_step, start_step + n_steps):
             window = [next(batches) for _ in range(stepper.accum_grad_iters)]
             stepper.begin_window(window, sched_epoch, step)
+            extra_losses = {}
             for i, samples in enumerate(window):
                 samples = stepper.prepare(samples)
                 with stepper.micro_batch(last=i == len(window) - 1):
-                    output = self.train_step(model, samples)
-                    stepper.backward(output["loss"], output["n_tokens"])
+                    loss, extras = split_train_output(self.train_step(model=model, samples=samples))
+                    weight, kind = micro_batch_weight(samples, extras)
+                    stepper.backward(loss, weight, kind)
+                for k, v in extras.items():  # LAVIS logs every "*loss*" entry of the loss dict
+                    if k != "loss" and "loss" in k and isinstance(v, (torch.Tensor, float, int)):
+                        extra_losses.setdefault(k, []).append(float(v))
                 n_samples += batch_size(samples)
             stats = stepper.step()
-            meters.update(loss=stats["loss"], lr=stats["lr"])
+            meters.update(loss=stats["loss"], lr=stats["lr"],
+                          **{k: sum(v) / len(v) for k, v in extra_losses.items()})
             rate = n_samples * dist_utils.get_world_size() / max(time.time() - start, 1e-9)
             if bar is not None:
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", samples_s=f"{rate:.1f}")
@@ -129,10 +139,16 @@ class BaseTask:
             hook(dataset=dataset, task_type=type(self))
 
     def valid_step(self, model, samples) -> list[dict]:
+        """One record per batch: the loss weighted like in training (supervised tokens of ``labels``,
+        else the model's ``n_tokens``, else 1 per batch)."""
         output = model(samples)
-        n = int(output["n_tokens"])
-        record = {"loss_sum": float(output["loss"]) * n, "n_tokens": n}
-        if "n_correct" in output:
+        loss, extras = split_train_output(output)
+        weight, kind = micro_batch_weight(samples, extras)
+        weight = int(weight)
+        record = {"loss_sum": float(loss) * weight if weight else 0.0, "weight": weight}
+        if kind == TOKENS:
+            record["n_tokens"] = weight
+        if isinstance(output, dict) and "n_correct" in output:
             record["n_correct"] = int(output["n_correct"])
         return [record]
 
@@ -152,15 +168,24 @@ class BaseTask:
         """Loss-based metrics summed over ranks (every rank must call this)."""
         totals = torch.zeros(3, dtype=torch.float64)
         has_correct = all("n_correct" in r for r in val_result) and len(val_result) > 0
+        has_tokens = all("n_tokens" in r for r in val_result)
         for r in val_result:
-            totals += torch.tensor([r["loss_sum"], r["n_tokens"], r.get("n_correct", 0)], dtype=torch.float64)
-        flag = torch.tensor([0.0 if has_correct else 1.0])
+            weight = r.get("weight", r.get("n_tokens"))
+            totals += torch.tensor([r["loss_sum"], weight, r.get("n_correct", 0)], dtype=torch.float64)
+        flag = torch.tensor([0.0 if has_correct else 1.0, 0.0 if has_tokens else 1.0])
         if dist_utils.is_dist_avail_and_initialized():
+            backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+            totals, flag = totals.to(backend_device), flag.to(backend_device)
             dist.all_reduce(totals)
             dist.all_reduce(flag)
+            totals, flag = totals.cpu(), flag.cpu()
         loss = float(totals[0] / max(totals[1], 1))
-        metrics = {"loss": loss, "n_tokens": int(totals[1])}
-        if flag.item() == 0:
+        metrics = {"loss": loss}
+        if flag[1].item() == 0:
+            metrics["n_tokens"] = int(totals[1])
+        else:  # a model without n_tokens: the mean of the batches' losses (LAVIS's weighting)
+            metrics["n_batches"] = int(totals[1])
+        if flag[0].item() == 0 and flag[1].item() == 0:
             metrics["token_acc"] = float(totals[2] / max(totals[1], 1))
         metrics["agg_metrics"] = metrics.get("token_acc", -loss)
         self._write_metrics(metrics, split_name, epoch)

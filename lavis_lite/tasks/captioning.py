@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import CaptionKeys
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
 from lavis_lite.tasks.metrics.caption_eval import coco_caption_eval
 
@@ -23,6 +24,7 @@ def _as_list(value) -> list[str]:
 
 @registry.register_task("captioning")
 class CaptionTask(GenerativeEvalTask):
+    run_schema = CaptionKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     id_key = "image_id"
     result_name = "caption_result"
     default_prompt = "Describe this image in one short sentence."

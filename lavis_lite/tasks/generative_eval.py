@@ -20,6 +20,7 @@ import torch
 
 from lavis_lite.common import dist_utils
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import GenerationKeys
 from lavis_lite.tasks.base_task import BaseTask, _unwrap, move_to_device
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def leaf_datasets(dataset) -> list:
 
 
 class GenerativeEvalTask(BaseTask):
+    run_schema = GenerationKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     id_key = "instance_id"     # merged records are de-duplicated by this key
     result_name = "result"     # records go to <result_dir>/<split>_<result_name>.json
     default_prompt = ""

@@ -21,6 +21,7 @@ from collections import defaultdict
 import torch
 
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import InstructionEvalKeys
 from lavis_lite.tasks.base_task import _unwrap
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_option
 
@@ -70,6 +71,7 @@ def _percent(hits: list[bool]) -> float:
 
 @registry.register_task("instruction_eval")
 class InstructionEvalTask(GenerativeEvalTask):
+    run_schema = InstructionEvalKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     id_key = "instance_id"
     result_name = "instruction_result"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from lavis_lite.common.registry import registry
+from lavis_lite.common.run_schema import VQAKeys
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
 from lavis_lite.tasks.metrics.vqa_eval import vqa_score
 
@@ -53,6 +54,7 @@ def load_vqa_annotations(paths) -> dict:
 
 @registry.register_task("vqa")
 class VQATask(GenerativeEvalTask):
+    run_schema = VQAKeys  # declared run: keys (lavis_lite/common/run_schema.py)
     id_key = "question_id"
     result_name = "vqa_result"
     default_prompt = "{}\nAnswer the question using a single word or phrase."

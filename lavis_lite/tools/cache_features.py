@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
             fc[key] = value
     OmegaConf.update(cfg.run_cfg, "feature_cache", fc, force_add=True)
 
-    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)
+    task = registry.get_task_class(cfg.run_cfg.task).setup_task(cfg=cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,7 +9,7 @@ YAML's ``datasets.<name>``) looks like LAVIS's::
     build_info:
       annotations:
         train: {url: https://.../train.json, storage: coco/annotations/train.json, md5: ...}
-        val:   {url: ..., storage: ..., gt: coco/annotations/val_gt.json}
+        val:   {url: ..., storage: ..., gt: coco/annotations/val_gt.json}   # + gt_url, gt_md5: fetched too
       images: {storage: coco/images/}
     vis_processor: {train: {name: blip2_image_train, image_size: 224}, eval: {name: blip2_image_eval}}
     text_processor: {train: {name: blip_caption}, eval: {name: blip_caption}}
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lavis_lite.common import dist_utils
 from lavis_lite.common.config import ConfigError, resolve_config_path
+from lavis_lite.common.download import fetch_on_main
 from lavis_lite.common.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -125,20 +125,19 @@ class BaseDatasetBuilder:
                                       f"{key} but {len(storages)} storage paths")
             for k, storage in enumerate(storages):
                 jobs.append((split, resolve_storage(storage), urls[k] if urls else None, md5s[k] if md5s else None))
+            if info.get("gt", None) and info.get("gt_url", None):  # ground truth with a source: fetched too
+                jobs.append((split, resolve_storage(info.gt), info.gt_url, info.get("gt_md5", None)))
         missing = dist_utils.broadcast_object([not os.path.isfile(target) for _, target, _, _ in jobs])
         for (split, target, url, md5), is_missing in zip(jobs, missing):
             if is_missing:
                 if url is None:
                     raise FileNotFoundError(f"dataset {self.name!r} split {split!r}: annotation file {target} "
-                                            f"does not exist and no url is given to fetch it")
-                # Every rank calls it: rank 0 downloads, the others wait at its barrier.
-                local = dist_utils.download_cached_file(url, md5=md5)
-                if dist_utils.is_main_process() and os.path.abspath(local) != os.path.abspath(target):
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    shutil.copyfile(local, target + ".part")
-                    os.replace(target + ".part", target)
-                dist_utils.barrier()
-            if md5:
+                                            f"does not exist and no url is given to fetch it (how to make it: "
+                                            f"docs/dataset_cards/{self.name}.md)")
+                # Every rank calls it: rank 0 downloads (resumable, md5 checked before the atomic
+                # rename), the others wait at its barrier and share its error.
+                fetch_on_main(url, target, md5=md5)
+            elif md5:
                 got = dist_utils.md5sum(target)
                 if got != md5:
                     raise ValueError(f"dataset {self.name!r} split {split!r}: md5 mismatch for {target}: "
@@ -183,7 +182,9 @@ class BaseDatasetBuilder:
         datasets = {}
         for split, info in self._split_infos().items():
             is_train = split == "train"
-            cls = self.train_dataset_cls if is_train else self.eval_dataset_cls
+            cls = self.train_dataset_cls if is_train else (self.eval_dataset_cls or self.train_dataset_cls)
+            if cls is None:
+                raise ConfigError(f"builder {type(self).__name__} sets no train_dataset_cls for split {split!r}")
             kwargs = dict(
                 vis_processor=self.vis_processors["train" if is_train else "eval"],
                 text_processor=self.text_processors["train" if is_train else "eval"],
@@ -192,17 +193,33 @@ class BaseDatasetBuilder:
                 on_error=self.config.get("on_error", "raise"),
                 max_skip_fraction=float(self.config.get("max_skip_fraction", 0.05)),
             )
-            datasets[split] = cls(**kwargs)
+            datasets[split] = cls(**_accepted_kwargs(cls, kwargs))
             datasets[split].name = self.name
             if info.get("gt", None):  # ground truth for evaluation (captioning reads dataset.gt_path)
                 datasets[split].gt_path = resolve_storage(info.gt)
         return datasets
 
 
+def _accepted_kwargs(cls, kwargs: dict) -> dict:
+    """A LAVIS-style dataset takes (vis_processor, text_processor, vis_root, ann_paths) only: pass it
+    just the arguments its __init__ names (all of them when it takes **kwargs)."""
+    import inspect
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    dropped = [k for k in kwargs if k not in params]
+    if dropped and kwargs.get("on_error", "raise") != "raise":
+        logger.warning("%s.__init__ takes no %s: on_error=%r does not apply to it", cls.__name__, dropped,
+                       kwargs["on_error"])
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
 def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None, config_path: str | None = None,
-                             base: type = BaseDatasetBuilder, module: str | None = None) -> type:
+                             base: type = BaseDatasetBuilder, module: str | None = None,
+                             config_types: dict[str, str] | None = None) -> type:
     """Register ``name`` as a builder: ``base`` parameterised with a default YAML and dataset classes
-    (one line per data set instead of one copy-pasted class per data set).
+    (one line per data set instead of one copy-pasted class per data set). ``config_types`` adds
+    named variants of the default YAML (chosen with ``type:`` in the run YAML's dataset section).
 
     Assign the result to a module-level name equal to ``<CamelName>Builder`` in ``module`` (default:
     the caller's module) so the class can be pickled and found by its qualified name."""
@@ -212,7 +229,8 @@ def register_dataset_builder(name: str, train_dataset_cls, eval_dataset_cls=None
         "name": name,
         "train_dataset_cls": train_dataset_cls,
         "eval_dataset_cls": eval_dataset_cls or train_dataset_cls,
-        "DATASET_CONFIG_DICT": {"default": config_path or f"configs/datasets/{name}/defaults.yaml"},
+        "DATASET_CONFIG_DICT": {"default": config_path or f"configs/datasets/{name}/defaults.yaml",
+                                **(config_types or {})},
         "__module__": module,
         "__qualname__": qualname,
         "__doc__": f"Builder {name!r}: {train_dataset_cls.__name__} / {(eval_dataset_cls or train_dataset_cls).__name__}.",

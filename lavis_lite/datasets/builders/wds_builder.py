@@ -1,5 +1,6 @@
 """Builder for webdataset shards: ``build_info.shards.<split>`` holds brace-expandable shard
-paths or URLs (a string or a list); relative paths live under cache_root.
+paths or URLs (a string or a list); relative paths live under cache_root. LAVIS's layout
+``build_info.storage: <pattern>`` (laion400M) is read as the train shards.
 
     datasets:
       wds_instruction:
@@ -40,7 +41,10 @@ class WebDatasetBuilder(BaseDatasetBuilder):
                                         + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
 
     def _shard_urls(self) -> dict[str, list[str]]:
-        shards = (self.config.get("build_info", None) or {}).get("shards", None)
+        build_info = self.config.get("build_info", None) or {}
+        shards = build_info.get("shards", None)
+        if not shards and build_info.get("storage", None):
+            shards = {"train": build_info.storage}  # LAVIS's laion layout: build_info.storage = train shards
         if not shards:
             raise ConfigError(f"dataset {self.name!r}: 'build_info.shards' is empty; give each split's shard "
                               f"paths (brace expansion allowed) under datasets.{self.name}")

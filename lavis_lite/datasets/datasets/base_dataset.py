@@ -78,20 +78,19 @@ class BaseDataset(Dataset):
         self.policy = ErrorPolicy(on_error, max_skip_fraction)
         self.annotation: list[dict] = []
         self._sources: list[tuple[str, int]] = []  # (file, index in file) per kept record
-        for path in self.ann_paths:
-            for index, record in read_annotation_file(path, self.policy):
-                self.policy.load_total += 1
-                try:
-                    if not isinstance(record, dict):
-                        raise TypeError(f"expected a JSON object, got {type(record).__name__}")
-                    parsed = self.parse_record(record)
-                except (ValueError, KeyError, TypeError) as err:
-                    reason = f"missing key {err}" if type(err) is KeyError else str(err)
-                    self.policy.on_bad_record(record_error(path, index, reason))
-                    continue
-                self.annotation.append(parsed)
-                self._sources.append((path, index))
-        what = ", ".join(self.ann_paths) or "(no annotation files)"
+        for path, index, record in self.iter_records():
+            self.policy.load_total += 1
+            try:
+                if not isinstance(record, dict):
+                    raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+                parsed = self.parse_record(record)
+            except (ValueError, KeyError, TypeError) as err:
+                reason = f"missing key {err}" if type(err) is KeyError else str(err)
+                self.policy.on_bad_record(record_error(path, index, reason))
+                continue
+            self.annotation.append(parsed)
+            self._sources.append((path, index))
+        what = self.describe_source()
         if not self.annotation:
             raise DataError(f"empty split: {what} hold no usable records")
         self.policy.check_load(what)
@@ -99,6 +98,16 @@ class BaseDataset(Dataset):
         self.set_processors(vis_processor, text_processor)
 
     # ---- subclass hooks -------------------------------------------------------
+    def iter_records(self):
+        """``(source, index, record)`` for every raw record; the annotation files by default
+        (a folder-scanning dataset yields records it makes from the file names)."""
+        for path in self.ann_paths:
+            for index, record in read_annotation_file(path, self.policy):
+                yield path, index, record
+
+    def describe_source(self) -> str:
+        return ", ".join(self.ann_paths) or "(no annotation files)"
+
     def parse_record(self, record: dict) -> dict:
         return record
 

@@ -3,7 +3,8 @@
 A shard sample is ``<key>.json`` plus its images: ``<key>.png`` / ``.jpg`` for one image or
 ``<key>.0.png``, ``<key>.1.png``, ... for several (in order). The json holds an instruction record
 (MiniGPT4-Qwen ``instruction`` / ``output`` or LLaVA ``conversations``) and/or a ``caption``; a
-``<key>.txt`` may hold the caption instead.
+``<key>.txt`` may hold the caption instead (image-text shards may also hold a json list of captions,
+as LAVIS's CapFilt LAION shards do: one of the first two is drawn per sample).
 
 Shards are split by node, then by DataLoader worker (each shard read by one worker), and samples
 go through a shuffle buffer. ``resample: True`` draws shards with replacement forever (for
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import zlib
 
 import torch
@@ -104,6 +106,11 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
 
     def to_sample(self, raw: dict) -> dict:
         meta = json.loads(raw["json"]) if "json" in raw else {}
+        if self.sample_format == "image_text" and isinstance(meta, list):
+            # LAVIS's CapFilt LAION shards: the json is a list of captions; LAVIS draws one of the first two.
+            if not meta or not all(isinstance(c, str) for c in meta):
+                raise TypeError("a json caption list must be a non-empty list of strings")
+            meta = {"caption": random.choice(meta[:2])}
         if not isinstance(meta, dict):
             raise TypeError(f"json must be an object, got {type(meta).__name__}")
         images = self._images(raw)

@@ -11,13 +11,25 @@ loss only, ``agg_metrics = -loss``). Generation options: ``num_beams``, ``max_le
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import List
+
 from lavis_lite.common.registry import registry
 from lavis_lite.tasks.base_task import _unwrap
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_option
 
 
+@dataclass
+class DialogueRunKeys:
+    """The run: keys this task adds (checked by lavis_lite's run schema)."""
+    generate: bool = True
+    metrics: List[str] = field(default_factory=lambda: ["bleu", "cider"])
+    agg_metric: str = "CIDEr"
+
+
 @registry.register_task("dialogue")
 class DialogueTask(GenerativeEvalTask):
+    run_schema = DialogueRunKeys
     id_key = "instance_id"
     result_name = "answers"
     default_max_new_tokens = 20
