@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # recipe dataset name -> (demo folder, builder)
-DEMO_SOURCES = {"coco_caption": ("caption", "caption"), "caption": ("caption", "caption"), "coco_vqa": ("vqa", "vqa")}
+DEMO_SOURCES = {"coco_caption": ("caption", "caption"), "coco_retrieval": ("caption", "coco_retrieval"),
+                "nocaps": ("caption", "nocaps"), "coco_vqa": ("vqa", "vqa")}
 # model keys of a recipe that describe the full-size weights, not behaviour
 WEIGHT_KEYS = {"model_type", "load_pretrained", "pretrained", "checkpoint", "answer_list"}
 
@@ -31,7 +32,8 @@ def make_demo_data(out: str, n: int = 240, seed: int = 0) -> str:
 
 
 def _split_files(folder: str, split: str) -> dict:
-    entry = {"storage": os.path.join(folder, f"{split}.json")}
+    # the zoo datasets' defaults carry LAVIS's URLs and md5 sums: the demo files replace them
+    entry = {"storage": os.path.join(folder, f"{split}.json"), "url": None, "md5": None}
     gt = os.path.join(folder, f"{split}_gt.json")
     if split != "train" and os.path.isfile(gt) and folder.endswith("caption"):
         entry["gt"] = gt
@@ -58,8 +60,14 @@ def tiny_recipe(recipe: str, data_dir: str, out_dir: str, model: dict | None = N
                 procs.update(randaugment=False, hflip=False)
             if split == "train" and min_scale is not None:
                 procs["min_scale"] = min_scale
+        annotations = {s: None for s in ("train", "val", "test")}  # splits the run does not use: not built
+        annotations.update({s: _split_files(os.path.join(data_dir, folder), s) for s in splits})
+        if builder == "nocaps":
+            for entry in annotations.values():
+                if entry:
+                    entry["gt_url"] = None
         section.update(builder=builder, build_info={
-            "annotations": {s: _split_files(os.path.join(data_dir, folder), s) for s in dict.fromkeys(splits)},
+            "annotations": annotations,
             "images": {"storage": os.path.join(data_dir, "images")}})
         datasets[f"demo_{ds_name}"] = section
     run_cfg = OmegaConf.to_container(cfg.run)
