@@ -90,7 +90,7 @@ def test_blip_feature_extractor_ranks_the_matching_caption_first_after_itc(tmp_p
     cfg = tiny_recipe("projects/blip/train/retrieval_coco_ft.yaml", data, str(tmp_path / "out"),
                       model={"arch": "blip_feature_extractor"}, run=run, augment=False, min_scale=0.9)
     conf = OmegaConf.load(cfg)
-    conf.datasets.demo_coco_caption.build_info.annotations.train.storage = f.name
+    next(iter(conf.datasets.values())).build_info.annotations.train.storage = f.name
     OmegaConf.save(conf, cfg)
     train_script.main(["--cfg-path", cfg, "--job-id", "itc"])
 
