@@ -90,7 +90,7 @@ class DeepSpeedStepper(Stepper):
     """Steps through the engine. The engine reduces and accumulates gradients itself, so a micro-batch's
     weight must be known before its backward: token weighting is exact when every micro-batch of the
     window has ``labels`` (their supervised tokens) or the model offers ``count_supervised_tokens(samples)``
-    (a pre-forward count; our models' batches carry conversations, not labels): each backward is then
+    (a pre-forward count, for batches without labels, e.g. raw conversations): each backward is then
     ``l_i n_i W / N`` without DeepSpeed's 1/accum scaling. Otherwise micro-batches weigh equally
     (LAVIS's behaviour), with a warning when the model reports ``n_tokens`` that could not be used."""
 
