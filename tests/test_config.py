@@ -89,6 +89,14 @@ def test_model_type_selects_default_yaml(components):
     assert cfg.model_cfg.hidden == 64 and cfg.model_cfg.layers == 4
 
 
+def test_options_model_type_selects_the_default_yaml_too(components):
+    # --options model.model_type=big layers big's default YAML, not the run YAML's type's (small)
+    cfg = Config.from_file(_write(components / "run.yaml", RUN), options=["model.model_type=big"])
+    assert cfg.model_cfg.model_type == "big"
+    assert cfg.model_cfg.hidden == 64 and "lr_only_in_default" not in cfg.model_cfg
+    assert cfg.model_cfg.layers == 4  # the run YAML still wins over the default
+
+
 def test_options_win_over_everything_with_types(components):
     cfg = Config.from_file(_write(components / "run.yaml", RUN), options=[
         "model.layers=7", "model.hidden=16", "run.lr=5e-4", "run.max_epoch=3",

@@ -86,11 +86,12 @@ class Config:
         model = run_yaml.get("model", None)
         if model is None:
             raise ConfigError(f"Missing required section 'model' in {cfg_path}")
-        arch = model.get("arch", None) or (opt_model or {}).get("arch", None)
+        # --options win over the run YAML here too: they choose which default YAML is layered first
+        arch = (opt_model or {}).get("arch", None) or model.get("arch", None)
         if arch is None:
             raise ConfigError(f"Missing required key 'model.arch' in {cfg_path}")
         model_cls = registry.get_model_class(arch)
-        model_type = model.get("model_type", None) or (opt_model or {}).get("model_type", None)
+        model_type = (opt_model or {}).get("model_type", None) or model.get("model_type", None)
         default_path = model_cls.default_config_path(model_type)  # raises listing the types
         defaults = OmegaConf.load(default_path)
         return OmegaConf.merge(
