@@ -86,3 +86,57 @@ def test_t5_and_instructblip_folders_match_transformers(arch, tmp_path):
     ours = load_model(arch, "tiny", is_eval=True, checkpoint=str(tmp_path))
     assert ours.ln_vision.eps == 1e-6
     assert_same_as_hf(ours, hf, arch)
+
+
+def test_hf_folder_as_q_former_model_of_minigpt4qwen(hf_opt):
+    """The issue's failing case: an HF BLIP-2 folder as MiniGPT4-Qwen's q_former_model (tiny sizes match)."""
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    hf, folder = hf_opt
+    model = Minigpt4Qwen.from_pretrained("tiny", q_former_model=str(folder)).eval()
+    assert model.ln_vision.eps == 1e-6
+    pixels = _images(5)
+    with torch.no_grad():
+        torch.testing.assert_close(model.query_output(model.vit_features(pixels)),
+                                   hf.get_image_features(pixels).qformer_outputs.last_hidden_state, atol=ATOL, rtol=0)
+
+
+def test_sharded_and_bin_folders_read_the_same_tensors(hf_opt, tmp_path):
+    from lavis_lite.models.hf_blip2_convert import read_hf_state
+
+    hf, folder = hf_opt
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    single = read_hf_state(str(folder))
+    sharded = read_hf_state(str(tmp_path / "sharded"))
+    assert set(single) == set(sharded) and all(torch.equal(single[k], sharded[k]) for k in single)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((folder / "config.json").read_text())
+    torch.save(single, tmp_path / "bin" / "pytorch_model.bin")
+    from_bin = read_hf_state(str(tmp_path / "bin"))
+    assert all(torch.equal(single[k], from_bin[k]) for k in single)
+
+
+def test_unknown_hf_tensor_is_an_error_naming_it(hf_opt, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, folder = hf_opt
+    shutil.copytree(folder, tmp_path / "odd")
+    state = load_file(str(tmp_path / "odd" / "model.safetensors"))
+    state["itm_head.weight"] = torch.zeros(2, 64)
+    save_file(state, str(tmp_path / "odd" / "model.safetensors"))
+    with pytest.raises(Exception, match="itm_head"):
+        load_model("blip2_opt", "tiny", checkpoint=str(tmp_path / "odd"))
+
+
+def test_convert_cli_writes_a_lavis_layout_pth(hf_opt, tmp_path):
+    from lavis_lite.tools.convert import main as convert
+
+    hf, folder = hf_opt
+    convert(["--from", "hf", "--to", "lavis", str(folder), str(tmp_path / "out"), "--model-type", "tiny", "--lavis-pth"])
+    released = torch.load(tmp_path / "out" / "lavis_checkpoint.pth", weights_only=True)["model"]
+    assert "opt_proj.weight" in released and not any(k.startswith("opt_model.") for k in released)
+    ours = load_model("blip2_opt", "tiny", checkpoint=str(tmp_path / "out"), is_eval=True)
+    assert torch.equal(ours.opt_proj.weight, released["opt_proj.weight"])

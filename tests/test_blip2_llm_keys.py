@@ -92,3 +92,17 @@ def test_every_shipped_type_yaml_holds_only_known_keys(arch):
         assert set(cfg) <= allowed, (model_type, set(cfg) - allowed)
         for key in ("vit_checkpoint", "q_former_model", "checkpoint"):
             assert key in cfg and cfg[key] is None, (model_type, key)
+
+
+def test_lavis_pretrained_key_loads_a_released_stage2_file(tmp_path):
+    """LAVIS's YAML keys (``load_pretrained`` + ``pretrained``) work as in LAVIS."""
+    from lavis_lite.models import load_model
+
+    source = load_model("blip2_opt", "tiny")
+    with torch.no_grad():
+        source.opt_proj.weight.add_(1.0)
+    released = {k: v for k, v in source.state_dict().items() if not k.startswith(("visual_encoder.", "opt_model."))}
+    torch.save({"model": released}, tmp_path / "blip2_pretrained_opt.pth")
+    cls = registry.get_model_class("blip2_opt")
+    model = cls.from_pretrained("tiny", load_pretrained=True, pretrained=str(tmp_path / "blip2_pretrained_opt.pth"))
+    assert torch.equal(model.opt_proj.weight, source.opt_proj.weight)

@@ -56,9 +56,10 @@ def _options(cfg, out):
     (name, section), = cfg.datasets.items()
     kind = "caption" if name == "coco_caption" else "vqa"
     opts = [f"run.output_dir={out}", "run.device=cpu", "run.amp=false", "run.num_workers=0", "run.progress_bar=false",
-            "run.batch_size_train=8", "run.batch_size_eval=8", "run.num_beams=2", "run.max_new_tokens=4",
-            "run.min_length=1", f"datasets.{name}.build_info.images.storage=demo/images"]
-    if kind == "caption":
+            "run.batch_size_train=8", "run.batch_size_eval=8", f"datasets.{name}.build_info.images.storage=demo/images"]
+    if cfg.run.task in ("captioning", "vqa"):  # generation options exist for the generative tasks only
+        opts += ["run.num_beams=2", "run.max_new_tokens=4", "run.min_length=1"]
+    if cfg.run.task == "captioning":
         opts.append("run.caption_metrics=[bleu,rouge_l,cider]")
     annotations = OmegaConf.select(section, "build_info.annotations") or {}
     for split in ("train", "val", "test"):

@@ -83,7 +83,7 @@ def test_lavis_model_types_build_with_their_open_clip_architectures():
     assert ClipFeatureExtractor.default_config_path("base") == ClipFeatureExtractor.default_config_path("ViT-B-32")
     for model_type in ClipFeatureExtractor.PRETRAINED_MODEL_CONFIG_DICT:  # LAVIS's image sizes per type
         cfg = OmegaConf.load(ClipFeatureExtractor.default_config_path(model_type))
-        size = cfg.preprocess.vis_processor.eval.image_size
+        size = cfg.model.preprocess.vis_processor.eval.image_size
         arch = open_clip.get_model_config(cfg.model.open_clip_name)
         assert size == arch["vision_cfg"]["image_size"], model_type
 
@@ -147,6 +147,16 @@ def test_checkpoint_formats_safetensors_and_torchscript(reference, tmp_path):
         for path in (st, jit):
             model = ClipFeatureExtractor.from_config(_cfg("tiny", load_pretrained=True, pretrained=str(path))).eval()
             torch.testing.assert_close(model.encode_image(images), want, rtol=0, atol=1e-6)
+    # our fine-tuned weights (`checkpoint`) load over the open_clip ones
+    tuned = tmp_path / "tuned.safetensors"
+    save_file({"logit_scale": torch.tensor(2.5), "ln_final.bias": torch.full((32,), 0.25)}, str(tuned))
+    # a file with only some trainable parameters is refused unless the partial load is asked for
+    with pytest.raises(CheckpointMismatchError, match="lacks .* trainable parameter"):
+        ClipFeatureExtractor.from_config(_cfg("tiny", load_pretrained=True, pretrained=str(st), checkpoint=str(tuned)))
+    model = ClipFeatureExtractor.from_config(_cfg("tiny", load_pretrained=True, pretrained=str(st),
+                                                  checkpoint=str(tuned), partial_load=True))
+    assert float(model.logit_scale) == 2.5 and torch.equal(model.ln_final.bias, torch.full((32,), 0.25))
+    assert torch.equal(model.visual.conv1.weight, reference.visual.conv1.weight)
 
 
 def test_missing_unset_tagged_or_mismatching_checkpoints_are_clear_errors(reference, tmp_path):
@@ -222,3 +232,32 @@ def test_zero_shot_classifier_and_logits(ours):
     torch.testing.assert_close(out["predictions"], logits)
     assert out["targets"].tolist() == [0, 1, 0]
     ours.classifier = None
+
+
+def test_mode_features_run_the_retrieval_task(ours):
+    from lavis_lite.tasks.retrieval import RetrievalTask, recall_at_k
+
+    images, captions = _images(3), ["a red circle", "a blue square", "a green triangle", "two red circles"]
+    img = ours.extract_features({"image": images}, mode="image")
+    assert img.image_embeds_proj.shape == (3, 1, 32) and img.text_embeds is None
+    txt = ours.extract_features({"text_input": captions}, mode="text")
+    assert txt.text_embeds_proj.shape == (4, 1, 32)
+    torch.testing.assert_close(img.image_embeds[:, 0], ours.extract_features({"image": images}))
+    with pytest.raises(ValueError, match="multimodal"):
+        ours.extract_features({"image": images}, mode="multimodal")
+
+    class Split(torch.utils.data.Dataset):  # image 0 has two captions
+        annotation = [{"image_id": 0, "caption": [captions[0], captions[3]]}, {"image_id": 1, "caption": captions[1]},
+                      {"image_id": 2, "caption": captions[2]}]
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"image": images[i], "image_id": i}
+
+    loader = torch.utils.data.DataLoader(Split(), batch_size=2)
+    (metrics,) = RetrievalTask(k_test=0).evaluation(ours, loader)
+    with torch.no_grad():
+        sim = ours.encode_image(images, normalize=True) @ ours.encode_text(ours.tokenize(captions), normalize=True).t()
+    assert metrics == recall_at_k(sim, sim.t(), [[0, 3], [1], [2]], [0, 1, 2, 0])

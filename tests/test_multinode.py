@@ -27,27 +27,29 @@ def _train_args(cfg, job):
     return ["train.py", "--cfg-path", cfg, "--job-id", job]
 
 
-@pytest.mark.slow
-def test_two_nodes_one_process_each_match_one_node_two_processes(tmp_path):
-    cfg = toy.write_run_yaml(str(tmp_path / "run.yaml"), max_epoch=1, log_freq=1, accum_grad_iters=2,
+@pytest.fixture(scope="module")
+def one_node(tmp_path_factory):
+    """The reference: one node, two processes (torchrun.sh, NNODES=1)."""
+    tmp = tmp_path_factory.mktemp("multinode")
+    cfg = toy.write_run_yaml(str(tmp / "run.yaml"), max_epoch=1, log_freq=1, accum_grad_iters=2,
                              valid_splits=["val"])
     one = subprocess.run(["bash", SCRIPT, *_train_args(cfg, "one_node")], cwd=REPO, capture_output=True, text=True,
                          timeout=240, env=_env(NNODES="1", NPROC_PER_NODE="2", RDZV_ENDPOINT=f"127.0.0.1:{free_port()}",
                                                RDZV_ID="one"))
     assert one.returncode == 0, one.stderr[-4000:]
+    return cfg, tmp / "out"
 
-    endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [subprocess.Popen(["bash", SCRIPT, *_train_args(cfg, "two_nodes")], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env=_env(NNODES="2", NODE_RANK=str(rank), NPROC_PER_NODE="1", RDZV_ENDPOINT=endpoint,
-                                       RDZV_BACKEND="static", RDZV_ID="two"))
-             for rank in (0, 1)]
+
+def _run_nodes(commands, envs):
+    nodes = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for cmd, env in zip(commands, envs)]
     outputs = [node.communicate(timeout=240)[0] for node in nodes]
     for node, out in zip(nodes, outputs):
         assert node.returncode == 0, out[-4000:]
 
-    out = tmp_path / "out"
-    a, b = read_metrics(out / "one_node"), read_metrics(out / "two_nodes")
+
+def _assert_same_training(out, job):
+    a, b = read_metrics(out / "one_node"), read_metrics(out / job)
     steps_a = [(r["step"], r["loss"], r["n_tokens"]) for r in a if r["kind"] == "train"]
     steps_b = [(r["step"], r["loss"], r["n_tokens"]) for r in b if r["kind"] == "train"]
     # 64 samples, batch 8 per process, 2 processes, 2 micro-batches per step: 2 steps, each logged once (rank 0)
@@ -59,10 +61,34 @@ def test_two_nodes_one_process_each_match_one_node_two_processes(tmp_path):
     val_b = [r["loss"] for r in b if r["kind"] == "eval"]
     assert len(val_a) == 1 and val_b == pytest.approx(val_a, rel=1e-6)
     wa = load_file(str(out / "one_node" / "checkpoint_best" / "model.safetensors"))
-    wb = load_file(str(out / "two_nodes" / "checkpoint_best" / "model.safetensors"))
+    wb = load_file(str(out / job / "checkpoint_best" / "model.safetensors"))
     assert set(wa) == set(wb) and wa
     for name in wa:
         assert (wa[name] - wb[name]).abs().max().item() < 1e-6, name
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_one_process_each_match_one_node_two_processes(one_node):
+    cfg, out = one_node
+    endpoint = f"127.0.0.1:{free_port()}"
+    _run_nodes([["bash", SCRIPT, *_train_args(cfg, "torchrun_nodes")]] * 2,
+               [_env(NNODES="2", NODE_RANK=str(rank), NPROC_PER_NODE="1", RDZV_ENDPOINT=endpoint,
+                     RDZV_BACKEND="static", RDZV_ID="two") for rank in (0, 1)])
+    _assert_same_training(out, "torchrun_nodes")
+
+
+@pytest.mark.slow
+def test_deepspeed_launcher_two_nodes_match_one_node_two_processes(one_node, tmp_path):
+    """DeepSpeed's launcher with a two-host hostfile, started on each "node" without ssh (--no_ssh)."""
+    cfg, out = one_node
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    script = os.path.join(REPO, "run_scripts", "multinode", "deepspeed.sh")
+    _run_nodes([["bash", script, str(hostfile), *_train_args(cfg, "deepspeed_nodes")]] * 2,
+               [_env(MASTER_PORT=port, DS_LAUNCHER_ARGS=f"--no_ssh --node_rank={rank} --master_addr=127.0.0.1")
+                for rank in (0, 1)])
+    _assert_same_training(out, "deepspeed_nodes")
 
 
 def test_launcher_scripts_parse_and_check_their_arguments(tmp_path):

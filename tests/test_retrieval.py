@@ -17,7 +17,7 @@ def test_recall_hand_worked():
         [0.5, 0.9, 0.1, 0.8, 0.0, 0.0],  # image 1: best right (0.8) behind 0.9 -> rank 1
         [0.9, 0.8, 0.7, 0.6, 0.5, 0.1],  # image 2: best right (0.5) behind 4 -> rank 4
     ])
-    m = recall_at_k(s, s.t(), img2txt, txt2img, ks=(1, 2, 5))
+    m = recall_at_k(s, s.t(), img2txt, txt2img, ks=(1, 2, 5), tie_mode="expected")
     assert m["txt_r1"] == pytest.approx(100 / 3)
     assert m["txt_r2"] == pytest.approx(200 / 3)
     assert m["txt_r5"] == pytest.approx(100.0)
@@ -32,12 +32,12 @@ def test_recall_hand_worked():
 
 def test_ties_rank_in_the_middle():
     s = torch.zeros(4, 4)  # constant scores: 3 wrong candidates tie -> expected rank 1.5
-    m = recall_at_k(s, s, [[i] for i in range(4)], list(range(4)), ks=(1, 2))
+    m = recall_at_k(s, s, [[i] for i in range(4)], list(range(4)), ks=(1, 2), tie_mode="expected")
     assert m["txt_r1"] == 0.0 and m["img_r1"] == 0.0
     assert m["txt_r2"] == 100.0 and m["img_r2"] == 100.0
     # one wrong candidate tying with the right one: rank 0.5 -> still a hit at 1
     s = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    assert recall_at_k(s, s.t(), [[0], [1], [2]], [0, 1, 2], ks=(1,))["txt_r1"] == 100.0
+    assert recall_at_k(s, s.t(), [[0], [1], [2]], [0, 1, 2], ks=(1,), tie_mode="expected")["txt_r1"] == 100.0
 
 
 def test_recall_rejects_mismatched_inputs():

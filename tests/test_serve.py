@@ -6,14 +6,13 @@ import os
 import sys
 import urllib.request
 
+import openai  # the official client ([dev] installs it)
 import pytest
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from bench_serve import free_port, run_load, server_stats, start_server  # noqa: E402
 from tiny_helpers import TINY_MODEL_YAML, talkative  # noqa: E402
 
-openai = pytest.importorskip("openai")
 KEY = "test-key-123"
 MODEL = "lavis_lite/tiny"
 
@@ -89,6 +88,22 @@ def test_streaming_gives_the_same_text_as_one_response(server):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (["stop"],
                                                                                                        ["length"])
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_a_client_leaving_mid_stream_leaves_the_server_serving(server):
+    client = server["client"]
+    before = server_stats(server["url"], KEY)
+    stream = ask(client, "Tell me a long story.", max_tokens=400, stream=True)
+    pieces = []
+    for chunk in stream:
+        pieces.append(chunk)
+        if len(pieces) == 3:
+            break
+    stream.close()  # the client goes away
+    reply = ask(client, "Are you still there?", max_tokens=3)  # answered once the abandoned stream stopped
+    assert reply.choices[0].message.content is not None
+    after = server_stats(server["url"], KEY)
+    assert after["requests"] - before["requests"] == 2
 
 
 def test_stop_sequences_cut_the_answer(server):

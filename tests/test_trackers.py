@@ -194,3 +194,30 @@ def test_missing_logger_package_fails_before_the_model_is_built(tmp_path, monkey
         launch.build_job(["--cfg-path", path])
     assert built == []
     assert not (tmp_path / "out").exists()  # nothing written, no job folder
+
+
+def test_scalar_items_flatten_one_level_and_skip_what_is_not_a_finite_number():
+    import numpy as np
+    from lavis_lite.common.trackers import scalar_items
+    record = {"kind": "eval", "split": "val", "step": 3, "epoch": 0, "agg_metrics": np.float32(0.5),
+              "per_type": {"colour": 1.0, "name": "x"}, "note": "s", "bad": float("nan"), "flag": True}
+    assert scalar_items(record) == {"val/agg_metrics": 0.5, "val/per_type/colour": 1.0}
+    assert scalar_items({"kind": "train", "step": 1, "loss": 2.0, "steps": 4}) == {"train/loss": 2.0}
+
+
+def test_evaluate_only_jobs_write_their_evaluation_records(tmp_path):
+    r = make_runner(tmp_path, "runner_base", evaluate=True, valid_splits=["val"], test_splits=["val"])
+    metrics = r.evaluate(["val"], cur_epoch="eval", skip_reload=True)
+    records = read_metrics(tmp_path / "out" / "job")
+    assert [(x["kind"], x["split"], x["epoch"], x["step"]) for x in records] == [("eval", "val", "eval", 0)]
+    assert records[0]["loss"] == pytest.approx(metrics["val"]["loss"])
+    assert r.trackers is None  # evaluate() started and finished them itself
+
+
+def test_tracker_keys_are_declared_run_keys(tmp_path):
+    from lavis_lite.common.config import Config
+    ok = toy.write_run_yaml(str(tmp_path / "ok.yaml"), loggers=["jsonl"], wandb={"project": "p"}, mlflow={})
+    Config.from_file(ok)  # declared by RunnerBase.run_schema: accepted
+    typo = toy.write_run_yaml(str(tmp_path / "typo.yaml"), logers=["wandb"])
+    with pytest.raises(ConfigError, match=r"run.logers.*did you mean 'loggers'"):
+        Config.from_file(typo)

@@ -25,7 +25,13 @@ def test_python_m_lavis_lite_lists_every_dataset_with_its_command():
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-m", "lavis_lite"], capture_output=True, text=True, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line for line in out.stdout.splitlines() if line and not line.startswith(" ")}
+    rows, name = {}, None
+    for line in out.stdout.splitlines():  # a row's further commands continue on indented lines
+        if line and not line.startswith(" "):
+            name = line.split()[0]
+            rows[name] = line
+        elif line.strip() and name:
+            rows[name] += "\n" + line
     assert "datasets" in rows and "tasks" in rows and "models" in rows
     for name in _built_in_names():
         assert name in rows, name

@@ -82,8 +82,8 @@ class Blip2Base(BaseModel):
         return any(re.match(p, key) for p in TEXT_SIDE_PATTERNS)
 
     def load_from_pretrained(self, url_or_filename: str) -> dict:
-        """Load a BLIP-2 / stage-1 checkpoint (local file, runner checkpoint folder, file:// URL or cached
-        URL) by name.
+        """Load a BLIP-2 / stage-1 checkpoint (local file, runner checkpoint folder, Hugging Face BLIP-2 /
+        InstructBLIP folder, file:// URL or cached URL) by name.
 
         Accepts a top-level ``"model"`` key or a bare state dict. ``query_tokens`` of another count are
         dropped (logged). Keys this model has no place for are dropped and reported by name when they are
@@ -96,6 +96,10 @@ class Blip2Base(BaseModel):
         from lavis_lite.common.dist_utils import download_cached_file
 
         folder = os.path.expanduser(str(url_or_filename))
+        from lavis_lite.models import hf_blip2_convert
+
+        if hf_blip2_convert.is_hf_folder(folder):  # transformers BLIP-2 / InstructBLIP: vision + Q-Former
+            return hf_blip2_convert.load_hf_into(self, folder, parts=("vision", "qformer"))
         if os.path.isdir(folder):  # a training checkpoint directory of our runner
             url_or_filename = os.path.join(folder, "model.safetensors")
             if not os.path.isfile(url_or_filename):

@@ -179,6 +179,7 @@ class Blip2LLMBase(Blip2Base):
     @classmethod
     def from_config(cls, cfg):
         model = cls(**cls.constructor_kwargs(cfg))
+        model.load_checkpoint_from_config(cfg)  # LAVIS's pretrained / finetuned keys, when a YAML sets them
         if cfg.get("checkpoint"):
             model.load_checkpoint(cfg["checkpoint"])
         return model

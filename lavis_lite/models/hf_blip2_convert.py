@@ -127,11 +127,13 @@ def hf_to_lavis(state: dict, arch: str | None) -> tuple[dict, list[str]]:
             out[f"visual_encoder.blocks.{m.group(1)}.attn.q_bias"] = q.clone()
             out[f"visual_encoder.blocks.{m.group(1)}.attn.v_bias"] = v.clone()
             continue
-        if key.startswith("language_projection."):
-            (out.__setitem__(proj + key[len("language_projection"):], value) if proj else unused.append(key))
-            continue
-        if key.startswith("language_model."):
-            (out.__setitem__(llm + key[len("language_model"):], value) if llm else unused.append(key))
+        prefix, ours = next(((p, o) for p, o in (("language_projection", proj), ("language_model", llm))
+                             if key.startswith(p + ".")), (None, None))
+        if prefix is not None:
+            if ours:
+                out[ours + key[len(prefix):]] = value
+            else:
+                unused.append(key)  # no LLM of this family here (vision + Q-Former use)
             continue
         for pattern, repl in _VISION_RULES:
             if re.match(pattern, key):
@@ -268,6 +270,10 @@ def load_hf_into(model, folder: str, parts: tuple[str, ...] | None = None) -> di
     folder_arch = arch_of(hf_cfg)
     own_arch = getattr(model, "ARCH_NAME", None)  # None: e.g. minigpt4qwen / blip2 stage 1
     state, unused = hf_to_lavis(read_hf_state(folder), folder_arch)
+    unknown = [k for k in unused if not k.startswith(("language_model.", "language_projection."))]
+    if unknown and parts is None:  # e.g. retrieval heads: nothing of ours takes them
+        raise CheckpointMismatchError(f"Hugging Face folder {folder}: {len(unknown)} tensor(s) have no LAVIS name: "
+                                      f"{summarise_keys(unknown)[:300]}")
     own = model.state_dict()
     left_out = list(unused)
     keep = {}
@@ -316,7 +322,8 @@ def hf_model_config(folder: str, name: str | None = None, model_type: str | None
     default = OmegaConf.load(model_cls.default_config_path(model_type))
     section = default.model if "model" in default else default
     overrides = model_overrides(hf_cfg, folder)
-    for key in ("opt_model", "t5_model", "llm_model", "q_former_model", "checkpoint", "vit_checkpoint"):
+    for key in ("opt_model", "t5_model", "llm_model", "q_former_model", "checkpoint", "vit_checkpoint", "pretrained",
+                "finetuned"):
         if key in section:
             overrides.setdefault(key, None)  # every weight comes from the folder
     cfg = OmegaConf.merge(section, {"model_type": model_type}, overrides)

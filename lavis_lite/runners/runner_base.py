@@ -30,7 +30,7 @@ from lavis_lite.common import dist_utils
 from lavis_lite.common.config import ConfigError
 from lavis_lite.common.logger import setup_logger
 from lavis_lite.common.registry import registry
-from lavis_lite.common.trackers import check_loggers, start_trackers
+from lavis_lite.common.trackers import TrackerKeys, check_loggers, start_trackers
 from lavis_lite.runners.checkpointing import CheckpointingMixin
 from lavis_lite.runners.job_folder import claim_job_folder, drop_records_from, release_lock
 from lavis_lite.runners.data import BatchSource, TrainStream, build_eval_loader, concat_eval_datasets
@@ -71,6 +71,7 @@ def adamw_implementation(choice: str, device: torch.device) -> dict:
 
 
 class RunnerBase(CheckpointingMixin):
+    run_schema = TrackerKeys  # run.loggers / run.wandb / run.mlflow (lavis_lite/common/trackers)
     iteration_based: bool | None = None  # None: decided by whether run.iters is set
 
     def __init__(self, cfg, task, model, datasets, job_id):

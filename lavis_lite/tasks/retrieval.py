@@ -6,12 +6,16 @@ the top-k candidates of each query are re-ranked by ITM logit + ITC similarity. 
 from the split's COCO/Karpathy-format annotation (each record: image id + one or more captions).
 Metric names follow LAVIS: txt_r1/5/10 (image->text), img_r1/5/10 (text->image), the means and
 ``agg_metrics`` = txt_r_mean.
+
+Run option ``retrieval_tie_mode``: ``argsort`` (default; LAVIS's numpy argsort order, reproduces its
+published figures) or ``expected`` (tie-aware expected rank); see ``tasks/metrics/retrieval_eval.py``.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -21,50 +25,9 @@ from lavis_lite.common.logger import MetricLogger
 from lavis_lite.common.registry import registry
 from lavis_lite.common.run_schema import RetrievalKeys
 from lavis_lite.tasks.base_task import BaseTask, _unwrap, move_to_device
+from lavis_lite.tasks.metrics.retrieval_eval import TIE_MODES, recall_at_k  # recall_at_k is also imported from here
 
 logger = logging.getLogger(__name__)
-
-
-def recall_at_k(score_i2t: torch.Tensor, score_t2i: torch.Tensor, img2txt: list[list[int]],
-                txt2img: list[int], ks=(1, 5, 10)) -> dict:
-    """Retrieval recall in percent.
-
-    score_i2t [n_img, n_txt], score_t2i [n_txt, n_img]; img2txt[i] lists the captions of image i,
-    txt2img[t] is the image of caption t. A query's rank is the number of wrong candidates scoring
-    above its best right one plus half of those tying with it: the expected rank under random
-    tie-breaking (identical captions of different images tie exactly; constant scores rank in the
-    middle, not first).
-    """
-    n_img, n_txt = score_i2t.shape
-    if score_t2i.shape != (n_txt, n_img):
-        raise ValueError(f"score_t2i has shape {tuple(score_t2i.shape)}, expected {(n_txt, n_img)}")
-    if len(img2txt) != n_img or len(txt2img) != n_txt:
-        raise ValueError(f"ground truth covers {len(img2txt)} images / {len(txt2img)} texts, "
-                         f"scores {n_img} / {n_txt}")
-
-    def ranks(scores: torch.Tensor, positives: list[list[int]]) -> torch.Tensor:
-        out = torch.empty(scores.shape[0])
-        for q, pos in enumerate(positives):
-            if not pos:
-                raise ValueError(f"retrieval query {q} has no ground-truth match")
-            row = scores[q].float()
-            is_pos = torch.zeros_like(row, dtype=torch.bool)
-            is_pos[list(pos)] = True
-            best = row[is_pos].max()
-            out[q] = ((row > best) & ~is_pos).sum() + 0.5 * ((row == best) & ~is_pos).sum()
-        return out
-
-    r_txt = ranks(score_i2t, img2txt)
-    r_img = ranks(score_t2i, [[i] for i in txt2img])
-    result = {}
-    for k in ks:
-        result[f"txt_r{k}"] = 100.0 * (r_txt < k).float().mean().item()
-        result[f"img_r{k}"] = 100.0 * (r_img < k).float().mean().item()
-    result["txt_r_mean"] = sum(result[f"txt_r{k}"] for k in ks) / len(ks)
-    result["img_r_mean"] = sum(result[f"img_r{k}"] for k in ks) / len(ks)
-    result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2
-    result["agg_metrics"] = result["txt_r_mean"]  # as LAVIS
-    return result
 
 
 def retrieval_ground_truth(dataset) -> tuple[list, list[str], list[list[int]], list[int]]:
@@ -127,18 +90,29 @@ def _with_captions_from_files(records: list[dict], ann_paths: list[str]) -> list
     return out
 
 
+@dataclass
+class RetrievalTieKeys(RetrievalKeys):
+    retrieval_tie_mode: str = "argsort"  # argsort (LAVIS) | expected (tie-aware)
+
+
 @registry.register_task("retrieval")
 class RetrievalTask(BaseTask):
-    run_schema = RetrievalKeys  # declared run: keys (lavis_lite/common/run_schema.py)
-    def __init__(self, cfg=None, k_test: int = 128, text_batch_size: int = 256, **kwargs):
+    run_schema = RetrievalTieKeys  # declared run: keys (lavis_lite/common/run_schema.py)
+
+    def __init__(self, cfg=None, k_test: int = 128, text_batch_size: int = 256, tie_mode: str = "argsort",
+                 **kwargs):
         super().__init__(cfg=cfg, **kwargs)
         self.k_test, self.text_batch_size = int(k_test), int(text_batch_size)
+        if tie_mode not in TIE_MODES:
+            raise ValueError(f"retrieval: run.retrieval_tie_mode must be one of {TIE_MODES}, got {tie_mode!r}")
+        self.tie_mode = tie_mode
         self._ground_truth = None
 
     @classmethod
     def setup_task(cls, cfg=None, **kwargs):
         run = cfg.run_cfg if cfg is not None else {}
-        return cls(cfg=cfg, k_test=run.get("k_test", 128), text_batch_size=run.get("text_batch_size", 256))
+        return cls(cfg=cfg, k_test=run.get("k_test", 128), text_batch_size=run.get("text_batch_size", 256),
+                   tie_mode=run.get("retrieval_tie_mode", "argsort"))
 
     @torch.no_grad()
     def evaluation(self, model, data_loader, device=None, log_freq=50) -> list[dict]:
@@ -176,7 +150,7 @@ class RetrievalTask(BaseTask):
         if rerank:
             image_embeds = [by_id[i][1] for i in image_ids]
             score_i2t, score_t2i = self._rerank(net, sim_i2t, image_embeds, texts, device)
-        metrics = recall_at_k(score_i2t.cpu(), score_t2i.cpu(), img2txt, txt2img)
+        metrics = recall_at_k(score_i2t.cpu(), score_t2i.cpu(), img2txt, txt2img, tie_mode=self.tie_mode)
         return [metrics]
 
     def _rerank(self, net, sim_i2t, image_embeds, texts, device):

@@ -6,7 +6,8 @@
 ``--from hf``: SRC is a folder saved by transformers' ``Blip2ForConditionalGeneration`` / ``Blip2Model`` /
 ``InstructBlipForConditionalGeneration``. DST gets ``config.yaml`` (our model config: sizes, epsilons and the
 LLM's config from the source), ``model.safetensors`` (every weight, LAVIS names, the LLM included) and the
-tokenizers; it reopens with ``load_model(arch, checkpoint=DST)``.
+tokenizers; it reopens with ``load_model(arch, checkpoint=DST)``. ``--lavis-pth`` adds ``lavis_checkpoint.pth``
+(``{"model": ...}`` without the LLM, LAVIS's released layout: LAVIS's ``load_checkpoint`` reads it).
 
 ``--from lavis``: SRC is such a folder (or an export of ours), or a weights file (.pth / .safetensors,
 e.g. a released LAVIS checkpoint or a runner checkpoint's model.safetensors) with ``--arch`` and
@@ -25,7 +26,10 @@ from omegaconf import OmegaConf
 logger = logging.getLogger(__name__)
 
 
-def hf_to_lavis_folder(src: str, dst: str, model_type: str | None = None) -> str:
+LAVIS_PTH = "lavis_checkpoint.pth"
+
+
+def hf_to_lavis_folder(src: str, dst: str, model_type: str | None = None, lavis_pth: bool = False) -> str:
     """Returns the architecture written."""
     from lavis_lite.common.registry import registry
     from lavis_lite.inference_utils import EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME
@@ -47,6 +51,12 @@ def hf_to_lavis_folder(src: str, dst: str, model_type: str | None = None) -> str
         shutil.copy(os.path.join(cfg.tokenizer_vocab, "vocab.txt"), os.path.join(dst, "qformer_tokenizer", "vocab.txt"))
         cfg.tokenizer_vocab = os.path.join(dst, "qformer_tokenizer")
     save_file(_unique_storage_state(model), os.path.join(dst, EXPORT_WEIGHTS_NAME))
+    if lavis_pth:  # LAVIS's own layout: checkpoint["model"] without the frozen LLM (it loads with strict=False)
+        import torch
+
+        llm = hf.LLM_PARTS[arch][1] + "."
+        torch.save({"model": {k: v for k, v in _unique_storage_state(model).items() if not k.startswith(llm)}},
+                   os.path.join(dst, LAVIS_PTH))
     cfg.arch = arch
     OmegaConf.save(OmegaConf.create({"model": cfg}), os.path.join(dst, EXPORT_CONFIG_NAME))
     logger.info("wrote %s (%s) to %s", arch, cfg.model_type, dst)
@@ -77,6 +87,8 @@ def main(argv=None) -> None:
     parser.add_argument("--arch", default=None, help="our architecture (with --from lavis and a weights file)")
     parser.add_argument("--model-type", default=None, help="our model type whose YAML gives the defaults")
     parser.add_argument("--vision-only", action="store_true", help="--to hf: vision side + Q-Former only")
+    parser.add_argument("--lavis-pth", action="store_true",
+                        help=f"--to lavis: also write {LAVIS_PTH} ({{'model': state}} without the LLM) for LAVIS itself")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.src_format == args.dst_format:
@@ -84,7 +96,7 @@ def main(argv=None) -> None:
     import lavis_lite.models  # noqa: F401  (registers the models)
 
     if args.src_format == "hf":
-        arch = hf_to_lavis_folder(args.src, args.dst, args.model_type)
+        arch = hf_to_lavis_folder(args.src, args.dst, args.model_type, args.lavis_pth)
         print(f"wrote {arch} to {args.dst} (load_model({arch!r}, checkpoint={args.dst!r}))")
     else:
         from lavis_lite.models.hf_blip2_export import export_hf

@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import numbers
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from lavis_lite.common.config import ConfigError
 
 TRACKERS: dict[str, type["Tracker"]] = {}
+
+
+@dataclass
+class TrackerKeys:
+    """The ``run:`` keys of the trackers (declared as RunnerBase's ``run_schema``; checked in hub.py)."""
+    loggers: Any = None   # a list of names (a single name also works); jsonl is always on
+    wandb: Any = None     # options of the wandb logger (WandbTracker.option_keys)
+    mlflow: Any = None    # options of the mlflow logger (MlflowTracker.option_keys)
 
 
 def register_tracker(name: str):
@@ -95,7 +105,7 @@ def scalar_items(record: dict) -> dict[str, float]:
             continue
         items = v.items() if isinstance(v, dict) else [(None, v)]  # one level of nesting: per-type metrics
         for sub, value in items:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
                 continue
             out[f"{prefix}/{k}" + (f"/{sub}" if sub is not None else "")] = float(value)
     return out

@@ -10,6 +10,7 @@ import atexit
 import difflib
 import json
 import logging
+import numbers
 import os
 import time
 
@@ -98,7 +99,7 @@ class Trackers:
             tracker.log_record(record)
             entry = self.state.setdefault(tracker.name, {})
             entry["last_step"] = max(int(entry.get("last_step", 0)), int(record["step"]))
-        if self.trackers:
+        if any(not t.can_purge for t in self.trackers):  # only their resume needs the last step logged
             self._save_state()
 
     def log_stats(self, stats: dict, split: str, epoch) -> None:
@@ -237,5 +238,5 @@ def _plain_config(config) -> dict:
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
 
 
-def _jsonable(v) -> bool:
-    return isinstance(v, (int, float, str, bool, list, dict)) or v is None
+def _jsonable(v) -> bool:  # numpy scalars are numbers.Number; json.dumps(default=float) writes them
+    return isinstance(v, (numbers.Number, str, bool, list, dict)) or v is None

@@ -4,3 +4,4 @@ from lavis_lite.datasets.builders import dataset_builders, wds_builder, zoo_buil
 globals().update(zoo_builders.LAVIS_NAMES)  # COCORetrievalBuilder, OKVQABuilder, ... as LAVIS exports them
 from lavis_lite.datasets.builders import dataset_zoo  # noqa: F401
 from lavis_lite.datasets.builders.dataset_zoo import load_dataset  # noqa: F401
+from lavis_lite.datasets.builders import benchmark_builders  # noqa: F401,E402  (MME, MMBench, POPE, ScienceQA)

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 # Our open_clip architectures (the tiny test model), registered with open_clip on first use.
 OPEN_CLIP_CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
 CONFIG_KEYS = frozenset({"arch", "model_type", "preprocess", "checkpoint", "open_clip_name", "quick_gelu",
-                         "pretrained", "load_pretrained", "precision"})
+                         "pretrained", "load_pretrained", "precision", "partial_load"})
 # Scale of LAVIS's zero-shot logits (``100.0 * image_features @ classifier``).
 ZERO_SHOT_LOGIT_SCALE = 100.0
 # Non-tensor entries of OpenAI's TorchScript release files.
@@ -152,8 +152,8 @@ class ClipFeatureExtractor(BaseModel):
             model.load_open_clip_checkpoint(weights)
         else:
             logger.info("clip_feature_extractor %s: random init (load_pretrained: False)", name)
-        if checkpoint:
-            model.load_checkpoint(checkpoint)
+        if checkpoint:  # a file lacking trainable parameters is refused unless partial_load is set
+            model.load_checkpoint(checkpoint, partial=bool(cfg.get("partial_load", False)))
         return model
 
     @staticmethod
@@ -213,9 +213,22 @@ class ClipFeatureExtractor(BaseModel):
                                                       self.logit_scale.exp())
         return {"loss": loss, "n_tokens": int(image.shape[0])}
 
-    def extract_features(self, samples: dict):
-        """As LAVIS: with both ``image`` and ``text_input`` a :class:`ClipOutputFeatures`; with one of
-        them, that side's raw open_clip embeddings [N, dim] (a tensor, as LAVIS returns)."""
+    def extract_features(self, samples: dict, mode: str | None = None):
+        """As LAVIS (no ``mode``): with both ``image`` and ``text_input`` a :class:`ClipOutputFeatures`
+        [N, dim]; with one of them, that side's raw open_clip embeddings [N, dim] (a tensor, as LAVIS
+        returns). ``mode="image"`` / ``"text"``: that side as ClipOutputFeatures in the BLIP feature
+        extractors' layout, [N, 1, dim] (one pooled embedding per input), so code written for them --
+        the ``retrieval`` task -- runs on CLIP."""
+        if mode is not None:
+            if mode not in ("image", "text"):
+                raise ValueError(f"CLIP extracts mode='image' or mode='text' features, got mode={mode!r}")
+            key = "image" if mode == "image" else "text_input"
+            if samples.get(key) is None:
+                raise KeyError(f"extract_features(mode={mode!r}) needs samples[{key!r}]")
+            embeds = self.extract_features({key: samples[key]})[:, None]
+            proj = F.normalize(embeds, dim=-1)
+            return ClipOutputFeatures(image_embeds=embeds, image_embeds_proj=proj) if mode == "image" \
+                else ClipOutputFeatures(text_embeds=embeds, text_embeds_proj=proj)
         image, text = samples.get("image"), samples.get("text_input")
         if image is None and text is None:
             raise KeyError("extract_features needs samples['image'] and/or samples['text_input']")
