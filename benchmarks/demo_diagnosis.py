@@ -216,6 +216,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lr-proj-mult", type=float, default=1.0)
     p.add_argument("--bs", type=int, default=32)
+    p.add_argument("--only", default=None, help="comma-separated question types to train on (default: all)")
     p.add_argument("--model", default="{}", help="JSON overrides of the tiny model config")
     p.add_argument("--align-epochs", type=int, default=0, help="caption alignment epochs first (describe-style)")
     p.add_argument("--proj-init-scale", type=float, default=1.0, help="scale llm_proj's initial weights")
@@ -234,6 +235,8 @@ def main(argv=None):
     feats = qformer_features(model, args.data, train_recs + probe_recs)
     rep = json.loads(args.repeat)
     train_fit = [r for r in train_recs for _ in range(rep.get(r["type"], 1))]
+    if args.only:  # train on these question types alone: can the LLM learn them at all?
+        train_fit = [r for r in train_fit if r["type"] in args.only.split(",")]
     res = {"args": vars(args), "before": probes(model, train_recs, probe_recs, feats)}
     if args.align_epochs:
         caps = [{"conv": [{"from": "human", "value": "<ImageHere> Describe the image."},

@@ -27,7 +27,7 @@ def test_reduced_two_stage_demo_learns_colour(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(tmp_path / "cache"))
     data = str(tmp_path / "cache" / "demo")
-    demo_data.main(["--out", data, "--n", "1000", "--seed", "1", "--val-per-type", "10", "--test-per-type", "20"])
+    demo_data.main(["--out", data, "--n", "1000", "--seed", "1", "--val-per-type", "5", "--test-per-type", "10"])
     out = str(tmp_path / "out")
     common = [f"run.output_dir={out}", "run.progress_bar=False"]
     train_script.main(["--cfg-path", "projects/minigpt4qwen/demo_stage1.yaml", "--options", *common,
@@ -53,7 +53,7 @@ def test_reduced_two_stage_demo_learns_colour(tmp_path, monkeypatch):
         answers = json.load(f)
     assert len(answers) == metrics["test"]["n"]
     assert per_type["colour"]["exact_acc"] >= COLOUR_GOAL, per_type
-    assert {qt: m["n"] for qt, m in per_type.items()} == {qt: 20 for qt in demo_report.QUESTION_TYPES}
+    assert {qt: m["n"] for qt, m in per_type.items()} == {qt: 10 for qt in demo_report.QUESTION_TYPES}
     # the demo's report: the picture from both stages' metrics.jsonl; exit 1 (too few questions per type here)
     png = os.path.join(out, "report.png")
     rc = demo_report.main(["--result-dir", os.path.join(out, "eval", "result"), "--data", data,
