@@ -16,7 +16,7 @@ def build_disk_data(args, model, workdir, resize_backends=("pil",)):
     import json
 
     from lavis_lite.common.feature_cache import attach_feature_cache
-    from lavis_lite.common.feature_cache_run import cache_for_model, fill_cache
+    from lavis_lite.datasets.feature_cache_run import cache_for_model, fill_cache
     from lavis_lite.datasets.datasets.instruction_datasets import InstructionDataset
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 
@@ -31,6 +31,10 @@ def build_disk_data(args, model, workdir, resize_backends=("pil",)):
     datasets = {backend: InstructionDataset(vis_processor=BlipImageEvalProcessor(image_size=size, resize_backend=backend),
                                             vis_root=os.path.join(workdir, "images"), ann_paths=[ann])
                 for backend in set(resize_backends) | {"pil"}}
+    if getattr(args, "text_in", "model") == "loader":  # tokenised in the DataLoader, as train.py wires it
+        from lavis_lite.datasets.chat_collator import ChatCollator
+        for ds in datasets.values():
+            ds.attach_chat(model.chat_processor, ChatCollator.for_model(model, image_size=size))
     dataset, processor = datasets["pil"], datasets["pil"].vis_processor
     cache = cache_for_model(model, processor, os.path.join(workdir, "cache"),
                             dtype="fp32" if args.dtype == "fp32" else args.dtype)

@@ -103,6 +103,11 @@ def parse_args(argv=None):
     p.add_argument("--max-words", type=int, default=30,
                    help="longest reply in words; 30 gives ~100 text tokens per sample on average")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--text-in", choices=("auto", "loader", "model"), default="auto",
+                   help="disk data: conversations tokenised by the dataset's chat processor in the DataLoader "
+                        "(the pipeline train.py uses), or raw conversations tokenised by the model in the "
+                        "training process, for comparison; auto: loader unless a mode packs or pads to max "
+                        "(the loader's rows are laid out once, for one layout)")
     p.add_argument("--lora", action="store_true", help="LoRA r=8 on q/k/v/o projections as well")
     p.add_argument("--find-max-batch", action="store_true", help="(GPU) largest batch that fits, per mode")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak bf16 TFLOP/s")
@@ -337,6 +342,12 @@ def main(argv=None) -> dict:
                                           **adamw_implementation(impl, torch.device(args.device)))
                   for impl in {m.get("opt", "auto") for m in modes.values()}}
 
+    layouts = any(m["pack"] or m["pad"] == "max" for m in modes.values())
+    if args.text_in == "auto":
+        args.text_in = "model" if layouts else "loader"
+    if args.data == "disk" and args.text_in == "loader" and layouts:
+        raise SystemExit("--text-in loader lays rows out in the DataLoader (pad to longest); packing / pad=max "
+                         "modes need --text-in model")
     workdir = tempfile.TemporaryDirectory(prefix="bench_train_")
     cache_build_s = None
     keys = {source_key(m) for m in modes.values()}
@@ -350,6 +361,16 @@ def main(argv=None) -> dict:
 
     runs = {name: {"samples_per_s": [], "samples_per_cpu_s": [], "tokens_per_s": [], "peak_mem_mb": []}
             for name in modes}
+    # texts tokenised in this (the training) process: zero when the DataLoader tokenises (--text-in loader)
+    from lavis_lite.models import conversation_encoder
+    tokenised, main_pid = [0], os.getpid()
+    real_encode = conversation_encoder.encode_plain
+
+    def counting_encode(tokenizer, texts, **kw):
+        if os.getpid() == main_pid:  # forked DataLoader workers inherit this function; count only here
+            tokenised[0] += len(texts)
+        return real_encode(tokenizer, texts, **kw)
+    conversation_encoder.encode_plain = counting_encode
     for _ in range(args.repeats):
         for name, mode in modes.items():
             configure(model, mode)
@@ -363,6 +384,8 @@ def main(argv=None) -> dict:
             runs[name]["tokens_per_s"].append(tokens / elapsed)
             runs[name]["peak_mem_mb"].append(peak_memory_mb(args.device))
 
+    conversation_encoder.encode_plain = real_encode
+    in_training = tokenised[0]  # over the timed and warm-up steps only
     figures = {}
     peak = peak_tflops(args)
     for name, r in runs.items():
@@ -396,6 +419,7 @@ def main(argv=None) -> dict:
     config = dict(vars(args), modes={n: m for n, m in modes.items()}, model_params=model.show_n_params(),
                   frozen_stage=model.frozen_feature_stage(), peak_bf16_tflops=peak)
     workdir.cleanup()
+    figures["texts_tokenised_in_training_process"] = in_training
     return emit("bench_train", config, figures)
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from lavis_lite.inference_utils import GenerationSettings, add_model_arguments, ImageLoadError, load_image_tensor
-from lavis_lite.models.chatml import IMAGE_MARK
+from lavis_lite.processors.chat_processor import place_new_images
 
 
 HELP_TEXT = """Commands:
@@ -140,7 +140,8 @@ class ChatSession:
 
     def ask(self, question: str) -> "ChatTurn":
         """Start answering; iterate the turn for text pieces. History updates when it ends."""
-        text = IMAGE_MARK * self.n_unplaced + "\n" + question if self.n_unplaced else question
+        # the chat processor decides where unplaced images go (the same rule as model.chat and training)
+        text = place_new_images(self.history, question, len(self.images))
         reply = StreamingReply(self.model, self._image_batch(), text, list(self.history),
                                self.settings.as_kwargs())
         return ChatTurn(self, reply)

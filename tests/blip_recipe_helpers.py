@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # recipe dataset name -> (demo folder, builder)
-DEMO_SOURCES = {"coco_caption": ("caption", "caption"), "caption": ("caption", "caption"), "coco_vqa": ("vqa", "vqa")}
+DEMO_SOURCES = {"coco_caption": ("caption", "caption"), "coco_retrieval": ("caption", "coco_retrieval"),
+                "nocaps": ("caption", "nocaps"), "coco_vqa": ("vqa", "vqa")}
 # model keys of a recipe that describe the full-size weights, not behaviour
 WEIGHT_KEYS = {"model_type", "load_pretrained", "pretrained", "checkpoint", "answer_list"}
 
@@ -31,7 +32,8 @@ def make_demo_data(out: str, n: int = 240, seed: int = 0) -> str:
 
 
 def _split_files(folder: str, split: str) -> dict:
-    entry = {"storage": os.path.join(folder, f"{split}.json")}
+    # the zoo datasets' defaults carry LAVIS's URLs and md5 sums: the demo files replace them
+    entry = {"storage": os.path.join(folder, f"{split}.json"), "url": None, "md5": None}
     gt = os.path.join(folder, f"{split}_gt.json")
     if split != "train" and os.path.isfile(gt) and folder.endswith("caption"):
         entry["gt"] = gt
@@ -39,7 +41,8 @@ def _split_files(folder: str, split: str) -> dict:
 
 
 def tiny_recipe(recipe: str, data_dir: str, out_dir: str, model: dict | None = None, run: dict | None = None,
-                name: str | None = None) -> str:
+                name: str | None = None, augment: bool = True, min_scale: float | None = None) -> str:
+    """``augment=False``: no RandomAugment / flip (the short learning runs); ``min_scale``: the crops'."""
     cfg = OmegaConf.load(os.path.join(REPO, recipe))
     tiny_model = {"arch": cfg.model.arch, "model_type": "tiny"}
     tiny_model.update({k: v for k, v in cfg.model.items() if k not in WEIGHT_KEYS and k != "arch"})
@@ -51,10 +54,20 @@ def tiny_recipe(recipe: str, data_dir: str, out_dir: str, model: dict | None = N
     for ds_name, section in cfg.datasets.items():
         folder, builder = DEMO_SOURCES[ds_name]
         section = OmegaConf.to_container(section)
-        for procs in (section.get("vis_processor") or {}).values():
+        for split, procs in (section.get("vis_processor") or {}).items():
             procs["image_size"] = 32
+            if split == "train" and not augment:
+                procs.update(randaugment=False, hflip=False)
+            if split == "train" and min_scale is not None:
+                procs["min_scale"] = min_scale
+        annotations = {s: None for s in ("train", "val", "test")}  # splits the run does not use: not built
+        annotations.update({s: _split_files(os.path.join(data_dir, folder), s) for s in splits})
+        if builder == "nocaps":
+            for entry in annotations.values():
+                if entry:
+                    entry["gt_url"] = None
         section.update(builder=builder, build_info={
-            "annotations": {s: _split_files(os.path.join(data_dir, folder), s) for s in dict.fromkeys(splits)},
+            "annotations": annotations,
             "images": {"storage": os.path.join(data_dir, "images")}})
         datasets[f"demo_{ds_name}"] = section
     run_cfg = OmegaConf.to_container(cfg.run)

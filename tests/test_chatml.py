@@ -110,30 +110,47 @@ def test_fewer_marks_than_images_raises_naming_sample(tok):
         make(tok)([[human("<ImageHere> one mark"), gpt("x")]], [2])
 
 
-def test_truncation_drops_whole_trailing_rounds(tok, caplog):
+def test_truncation_drops_whole_trailing_rounds(tok):
     pre_full = make(tok)
     conv = [human("<ImageHere> Describe the image."), gpt("A red circle at the top left."),
             human("<ImageHere> And this one?"), gpt("A blue square in the center.")]
     full = pre_full([conv], [2])
     first_round = pre_full([conv[:2]], [1])
     limit = first_round.lengths[0] + 5  # room for round one only
-    with caplog.at_level(logging.INFO):
-        batch = make(tok, max_txt_len=limit)([conv], [2])
-    assert "dropped 2 trailing turn" in caplog.text
+    pre = make(tok, max_txt_len=limit)
+    batch = pre([conv], [2])
     assert batch.lengths[0] == first_round.lengths[0] < full.lengths[0]
     assert batch.input_ids[0].tolist() == first_round.input_ids[0].tolist()
     assert batch.n_images_used == [1]
     assert supervised_text(tok, batch, 0) == "A red circle at the top left.<|im_end|>"
+    enc = pre.encode([conv], [2])[0]
+    second_reply = len(tok("A blue square in the center.")["input_ids"]) + 1  # + <|im_end|>
+    assert enc.truncated and enc.cut_tokens == second_reply
+    assert not pre_full.encode([conv], [2])[0].truncated
 
 
-def test_sample_without_supervised_token_is_reported(tok, caplog):
-    conv = [human("<ImageHere> " + "Describe the image. " * 20), gpt("red")]
-    with caplog.at_level(logging.WARNING):
-        batch = make(tok, max_txt_len=40)([conv, [human("<ImageHere> hi"), gpt("red")]], [1, 1])
-    assert "sample 0 has no supervised token" in caplog.text
-    assert (batch.labels[0] == IGNORE_INDEX).all()
-    assert batch.n_images_used == [0, 1]
-    assert supervised_text(tok, batch, 1) == "red<|im_end|>"
+def test_overlong_first_reply_keeps_its_start_and_supervision(tok):
+    long_reply = "a red circle on a white background near the left edge " * 6
+    conv = [human("<ImageHere> Describe the image."), gpt(long_reply)]
+    full = make(tok).encode([conv], [1])[0]
+    pre = make(tok, max_txt_len=60)
+    enc = pre.encode([conv], [1])[0]
+    assert len(enc) == 60 and enc.truncated and enc.n_images_used == 1
+    assert enc.ids.tolist() == full.ids[:60].tolist() and enc.labels.tolist() == full.labels[:60].tolist()
+    kept = int((enc.labels != IGNORE_INDEX).sum())
+    assert kept > 0 and enc.cut_tokens == int((full.labels != IGNORE_INDEX).sum()) - kept
+    assert tok.decode(enc.labels[enc.labels != IGNORE_INDEX]).startswith("a red circle on a white")
+
+
+def test_truncation_never_cuts_an_image_run(tok):
+    conv = [human("<ImageHere> hi <ImageHere> there"), gpt("red")]
+    full = make(tok).encode([conv], [2])[0]
+    ids = full.ids.tolist()
+    second_run = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids("<|image_pad|>")][Q]
+    enc = make(tok, max_txt_len=second_run + 2).encode([conv], [2])[0]  # the limit falls inside run 2
+    assert len(enc) == second_run and enc.n_images_used == 1
+    assert enc.ids.tolist().count(tok.convert_tokens_to_ids("<|image_pad|>")) == Q
+    assert enc.cut_tokens == int((full.labels != IGNORE_INDEX).sum()) and enc.truncated
 
 
 def test_padding_and_mask_from_lengths(tok):

@@ -166,7 +166,7 @@ def test_cached_features_give_the_same_loss_as_images(demo_dir, tmp_path):
     """Eval transform: loss from cached Q-Former outputs equals the loss from decoded images (fp32,
     tolerance 1e-6); gradients of the trainable projection match too."""
     from lavis_lite.common.feature_cache import attach_feature_cache
-    from lavis_lite.common.feature_cache_run import cache_for_model, fill_cache
+    from lavis_lite.datasets.feature_cache_run import cache_for_model, fill_cache
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 
     model = _tiny_model()
@@ -198,7 +198,7 @@ def test_cached_features_give_the_same_loss_as_images(demo_dir, tmp_path):
 
 
 def test_model_cache_invalidated_by_weights_and_transform(demo_dir, tmp_path):
-    from lavis_lite.common.feature_cache_run import cache_for_model
+    from lavis_lite.datasets.feature_cache_run import cache_for_model
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor, BlipImageTrainProcessor
 
     model = _tiny_model()
@@ -246,7 +246,7 @@ def test_cache_features_tool_and_run_switch(demo_dir, tmp_path):
     """`python -m lavis_lite.tools.cache_features` fills the cache; run.feature_cache.enabled makes the
     train split read it, with the loss of the eval-transformed images."""
     from lavis_lite.common.config import Config, ConfigArgs
-    from lavis_lite.common.feature_cache_run import prepare_feature_cache
+    from lavis_lite.datasets.feature_cache_run import prepare_feature_cache
     from lavis_lite.common.registry import registry
     from lavis_lite.tools import cache_features
 
@@ -309,7 +309,7 @@ def test_fill_cache_rank_shares_cover_everything(demo_dir, tmp_path):
     """Ranks split the images by position, not by what happens to be missing when they look, so
     ranks that start at different times still cover every image between them."""
     from lavis_lite.common.feature_cache import dataset_image_paths
-    from lavis_lite.common.feature_cache_run import cache_for_model, fill_cache
+    from lavis_lite.datasets.feature_cache_run import cache_for_model, fill_cache
     from lavis_lite.processors.image_processors import BlipImageEvalProcessor
 
     model = _tiny_model()

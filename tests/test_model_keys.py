@@ -32,10 +32,18 @@ def test_every_shipped_model_type_yaml_holds_only_known_keys():
 
     from omegaconf import OmegaConf
 
-    allowed = set(inspect.signature(Minigpt4Qwen.__init__).parameters) - {"self"} | Minigpt4Qwen.CONFIG_META_KEYS
-    for model_type in Minigpt4Qwen.PRETRAINED_MODEL_CONFIG_DICT:
-        cfg = OmegaConf.load(Minigpt4Qwen.default_config_path(model_type)).model
-        assert cfg.model_type == model_type and cfg.arch == "minigpt4qwen"
+    from lavis_lite.models.minigpt4 import MiniGPT4
+
+    for cls, arch in ((Minigpt4Qwen, "minigpt4qwen"), (MiniGPT4, "minigpt4")):
+        _check_yamls(cls, arch, inspect, OmegaConf)
+
+
+def _check_yamls(cls, arch, inspect, OmegaConf):
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"} | cls.CONFIG_META_KEYS
+    aliases = {"vicuna7b": "pretrain_vicuna0", "llama2_7b_chat": "pretrain_llama2"}  # two names, one YAML
+    for model_type in cls.PRETRAINED_MODEL_CONFIG_DICT:
+        cfg = OmegaConf.load(cls.default_config_path(model_type)).model
+        assert cfg.arch == arch and (cfg.model_type == model_type or aliases.get(cfg.model_type) == model_type)
         assert set(cfg) <= allowed, (model_type, set(cfg) - allowed)
         for key in ("vit_checkpoint", "q_former_model", "llm_model"):
             assert key in cfg and cfg[key] is None, (model_type, key)  # user-set paths, nothing by default

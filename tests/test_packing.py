@@ -162,21 +162,23 @@ def test_model_packing_switch_gives_the_same_loss_and_grads():
     torch.testing.assert_close(g_packed, g_plain, atol=1e-5, rtol=1e-4)
 
 
-def test_model_packing_actually_packs(monkeypatch):
-    from lavis_lite.models import packing as packing_mod
+def test_model_packing_actually_packs():
     from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
 
     model = Minigpt4Qwen.from_pretrained("tiny", max_txt_len=160, packing=True)
-    seen = {}
-    real = packing_mod.pack_sequences
-
-    def spy(*args, **kwargs):
-        seen["packed"] = real(*args, **kwargs)
-        return seen["packed"]
-
-    monkeypatch.setattr(packing_mod, "pack_sequences", spy)
-    model({"image": torch.randn(4, 3, 32, 32), "n_images": [1, 1, 2, 0], "conversations": _conversations()})
-    assert len(seen["packed"].rows) < 4  # four samples in fewer rows
+    samples = {"image": torch.randn(4, 3, 32, 32), "n_images": [1, 1, 2, 0], "conversations": _conversations()}
+    batch = model.collate_conversations(samples)
+    rows = batch["input_ids"].shape[0]
+    assert rows < 4  # four samples in fewer rows
+    assert batch["images_per_row"] and sum(batch["images_per_row"]) == 4
+    # positions restart at every conversation; segments number them, -1 on padding
+    starts = (batch["position_ids"] == 0) & (batch["segment_ids"] >= 0)
+    assert int(starts.sum()) == 4
+    assert (batch["labels"][starts] == IGNORE_INDEX).all()
+    # every row holds exactly its images' placeholder runs
+    per_row = (batch["input_ids"] == model.image_token_id).sum(1).tolist()
+    assert per_row == [n * model.num_query_token for n in batch["images_per_row"]]
+    model(samples)
     with pytest.raises(ValueError, match="exclude each other"):
         model.pad_to_max_txt_len = True
         model({"image": torch.randn(1, 3, 32, 32), "n_images": [1], "conversations": _conversations()[:1]})

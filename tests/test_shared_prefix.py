@@ -31,7 +31,7 @@ def _spy(monkeypatch):
         calls.append(prefix_len)
         return real(decoder, embeds, mask, prefix_len)
 
-    import lavis_lite.models.minigpt4qwen as mq
+    import lavis_lite.models.vision_llm as mq
     monkeypatch.setattr(mq, "forward_with_shared_prefix", spy)
     return calls
 
@@ -56,7 +56,8 @@ def test_shared_prefix_gives_the_same_loss_and_grads(monkeypatch, pad_to_max):
     shared, g_shared = _loss_and_grad(model, samples)
     # the system block + "<|im_start|>user\n": every sample starts with it, the 4th has no image
     chat = model.chatml
-    assert calls == [len(chat.system_block) + len(chat.header["user"])]
+    first = chat([[{"from": "human", "value": "<ImageHere>"}]], [1], add_generation_prompt=True).input_ids[0].tolist()
+    assert calls == [first.index(chat.image_token_id)]
     assert shared["n_tokens"] == plain["n_tokens"] > 0 and shared["n_correct"] == plain["n_correct"]
     assert abs(shared["loss"].item() - plain["loss"].item()) <= 1e-5
     torch.testing.assert_close(g_shared, g_plain, atol=1e-6, rtol=1e-4)
@@ -119,3 +120,75 @@ def test_forward_with_shared_prefix_matches_plain_hidden_states():
         sp.forward_with_shared_prefix(decoder, embeds, mask, 12)
     llm.lm_head.weight.requires_grad_(True)
     assert not sp.can_share_prefix(llm, decoder)
+
+
+def _random_batch(rng: "random.Random"):
+    """A batch mixing text-only rows, rows sharing the first question and answer, images before or
+    after the question, several images per row."""
+    questions = ["What colour is it?", "Describe the image.", "Same shape?", "Hello there"]
+    answers = ["red", "a red circle on a white background", "a red circle", "a red square", "yes",
+               "yes, the same", "hi, how can I help"]  # shared starts: rows agree past a reply's start
+    shared_q, shared_a = rng.choice(questions), rng.choice(answers)
+    convs, n_images = [], []
+    agree = rng.random() < 0.5  # every row: the same question, replies that start alike
+    for _ in range(rng.randint(2, 3)):
+        kind = rng.choice(["shared", "after"] if agree else ["text", "shared", "before", "after", "several"])
+        k = {"text": 0, "shared": 0, "before": 1, "after": 1, "several": rng.randint(2, 3)}[kind]
+        q = shared_q if agree or (kind in ("text", "shared") and rng.random() < 0.7) else rng.choice(questions)
+        a = rng.choice(answers[1:4]) if agree else shared_a if kind == "shared" else rng.choice(answers)
+        marks = "<ImageHere>" * k
+        q = q + " " + marks if kind == "after" else marks + q
+        conv = [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        if rng.random() < 0.3 and not agree:
+            conv += [{"from": "human", "value": rng.choice(questions)}, {"from": "gpt", "value": rng.choice(answers)}]
+        convs.append(conv)
+        n_images.append(k)
+    g = torch.Generator().manual_seed(rng.randint(0, 10_000))
+    return {"image": torch.randn(sum(n_images), 3, 32, 32, generator=g), "n_images": n_images, "conversations": convs}
+
+
+def test_shared_prefix_never_drops_a_supervised_token_property(monkeypatch):
+    """Many random mixed batches: loss, n_tokens and llm_proj gradients equal with the switch on and off
+    (the prefix ends before the first supervised token of any row)."""
+    import random
+
+    calls = _spy(monkeypatch)
+    model = _model()
+    rng = random.Random(7)
+    used = 0
+    for _ in range(16):
+        samples = _random_batch(rng)
+        run = _loss_and_grad if sum(samples["n_images"]) else (lambda m, s: (m(s), None))  # text only: no grad
+        model.share_prefix = False
+        plain, g_plain = run(model, samples)
+        model.share_prefix = True
+        before = len(calls)
+        shared, g_shared = run(model, samples)
+        used += len(calls) > before
+        assert shared["n_tokens"] == plain["n_tokens"] > 0
+        assert abs(shared["loss"].item() - plain["loss"].item()) <= 1e-5
+        if g_plain is not None:
+            torch.testing.assert_close(g_shared, g_plain, atol=1e-6, rtol=1e-4)
+    assert used >= 8  # the shared path really ran on most batches
+
+
+def test_identical_text_rows_keep_every_supervised_token():
+    """Issue 15's example: two text-only rows with the same question and answer."""
+    model = _model()
+    q = {"from": "human", "value": "What is two plus two?"}
+    convs = [[q, {"from": "gpt", "value": "four, of course"}], [q, {"from": "gpt", "value": "four, I think so"}]]
+    samples = {"image": None, "n_images": [0, 0], "conversations": convs}
+    model.share_prefix = False
+    plain = model(samples)
+    model.share_prefix = True
+    shared = model(samples)
+    assert shared["n_tokens"] == plain["n_tokens"] == model.count_supervised_tokens(samples)
+    assert abs(shared["loss"].item() - plain["loss"].item()) <= 1e-5
+
+
+def test_prefix_stops_before_the_first_supervised_token():
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9], [1, 5, 6, 7, 8, 9]])
+    labels = torch.full_like(ids, -100)
+    labels[1, 4:] = ids[1, 4:]
+    assert sp.shared_prefix_length(ids, torch.ones_like(ids), stop_id=99) == 6
+    assert sp.shared_prefix_length(ids, torch.ones_like(ids), stop_id=99, labels=labels) == 3

@@ -2,6 +2,7 @@
 from lavis_lite.models.base_model import BaseModel  # noqa: F401
 from lavis_lite.models.blip2 import Blip2Base  # noqa: F401
 from lavis_lite.models.minigpt4qwen import Minigpt4Qwen  # noqa: F401
+from lavis_lite.models.minigpt4 import MiniGPT4  # noqa: F401
 from lavis_lite.models.loading import (  # noqa: F401
     load_model,
     load_model_and_preprocess,

@@ -1,15 +1,14 @@
-"""The language model side of MiniGPT4-Qwen: tokenizer + causal LM loading, image token, LoRA.
+"""The language model side of the vision-LLM models: tokenizer + causal LM loading, image token, LoRA.
 
-Two LLM families:
-
-* ``qwen``  — Qwen-1 (Qwen-7B/14B-Chat): remote code (``trust_remote_code`` only for this family),
-  image token ``<|extra_0|>``, projections named c_attn / c_proj / w1 / w2.
-* ``qwen2`` — native transformers Qwen2 / Qwen2.5 (and the ``tiny`` model): no remote code; the image
-  token (default ``<|image_pad|>``) is added as a special token when the tokenizer lacks it;
-  projections q_proj / k_proj / v_proj / o_proj (+ gate_proj / up_proj / down_proj).
+One row per LLM family (``FAMILIES``): remote code or not, the image token, the default chat template
+(chat_templates.py), transformers' config / model classes for random-init ``tiny`` models and the LoRA
+target modules. Qwen-1 needs remote code (``trust_remote_code`` only for that family); Qwen2 / Qwen2.5,
+Qwen3, Llama-2-chat, Llama-3-instruct and Vicuna are native transformers models. An image token the
+tokenizer lacks is added as a special token (embeddings grow by one unused row).
 
 Nothing is downloaded: ``llm_model`` / ``tokenizer`` must be local folders. Without ``llm_model`` a
-random-init ``Qwen2ForCausalLM`` is built from the ``llm_config`` dict (the tiny model).
+random-init model of the family's class is built from the ``llm_config`` dict (the tiny models);
+``tokenizer: tiny`` (or unset) gives the shipped tiny tokenizer with the family's control tokens.
 """
 from __future__ import annotations
 
@@ -22,13 +21,25 @@ logger = logging.getLogger(__name__)
 
 TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                   "tiny_qwen_tokenizer")
+_QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+_MLP = ["gate_proj", "up_proj", "down_proj"]
 FAMILIES = {
-    "qwen": {"image_token": "<|extra_0|>", "remote_code": True,
+    "qwen": {"image_token": "<|extra_0|>", "remote_code": True, "template": "qwen",
              "lora_targets": ["c_attn", "c_proj", "w1", "w2"]},
-    "qwen2": {"image_token": "<|image_pad|>", "remote_code": False,
-              "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-              "lora_mlp_targets": ["gate_proj", "up_proj", "down_proj"]},
+    "qwen2": {"image_token": "<|image_pad|>", "remote_code": False, "template": "qwen2", "arch": "Qwen2",
+              "lora_targets": _QKVO, "lora_mlp_targets": _MLP},
+    "qwen3": {"image_token": "<|image_pad|>", "remote_code": False, "template": "qwen3", "arch": "Qwen3",
+              "lora_targets": _QKVO, "lora_mlp_targets": _MLP},
+    "llama2": {"image_token": "<|image_pad|>", "remote_code": False, "template": "llama2", "arch": "Llama",
+               "lora_targets": _QKVO, "lora_mlp_targets": _MLP},
+    "llama3": {"image_token": "<|reserved_special_token_0|>", "remote_code": False, "template": "llama3",
+               "arch": "Llama", "lora_targets": _QKVO, "lora_mlp_targets": _MLP},
+    "vicuna": {"image_token": "<|image_pad|>", "remote_code": False, "template": "vicuna_v1.1", "arch": "Llama",
+               "lora_targets": _QKVO, "lora_mlp_targets": _MLP},
 }
+# Fallback pad tokens, in order, when a tokenizer sets none (Qwen: <|endoftext|>, Llama-2 / Vicuna: <unk>
+# as LLaVA pads, Llama-3: <|end_of_text|>).
+PAD_FALLBACKS = ("<|endoftext|>", "<unk>", "<|end_of_text|>")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
           "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -64,8 +75,9 @@ def load_tokenizer(path: str | None, family: str, key: str = "tokenizer"):
     tiny tokenizer shipped with the package."""
     from transformers import AutoTokenizer
 
-    if path is None:
-        return AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    if path is None or path == "tiny":
+        from lavis_lite.models.tiny_tokenizers import tiny_tokenizer
+        return tiny_tokenizer(family)
     folder = resolve_local_path(path, key, want_dir=True)
     remote = family_info(family)["remote_code"]
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=remote)
@@ -76,7 +88,13 @@ def pad_token_id(tokenizer, family: str) -> int:
         return int(tokenizer.eod_id)  # Qwen-1 has no pad token; its finetune script pads with <|endoftext|>
     if tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
-    return int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+    vocab = tokenizer.get_vocab()
+    for token in PAD_FALLBACKS:
+        if token in vocab:
+            return int(vocab[token])
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the {family} tokenizer has no pad or eos token; set one in its tokenizer_config.json")
+    return int(tokenizer.eos_token_id)
 
 
 def ensure_image_token(tokenizer, token: str, family: str) -> bool:
@@ -93,7 +111,8 @@ def ensure_image_token(tokenizer, token: str, family: str) -> bool:
 def build_llm(llm_model: str | None, llm_config, tokenizer, family: str, dtype: str = "fp32",
               device_map=None):
     """Load the causal LM from a local folder, or build a random-init Qwen2 from ``llm_config``."""
-    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers
+    from transformers import AutoModelForCausalLM
 
     torch_dtype = dtype_of(dtype)
     if llm_model:
@@ -103,14 +122,19 @@ def build_llm(llm_model: str | None, llm_config, tokenizer, family: str, dtype: 
             kwargs["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     elif llm_config:
-        if family != "qwen2":
-            raise ValueError("llm_config builds a native Qwen2 model; set llm_family: qwen2")
+        arch = family_info(family).get("arch")
+        if arch is None:
+            raise ValueError(f"llm_config builds a native transformers model; family {family!r} needs llm_model")
         cfg = dict(llm_config)
         cfg.setdefault("vocab_size", len(tokenizer))
         cfg.setdefault("attn_implementation", "sdpa")
         cfg.setdefault("pad_token_id", pad_token_id(tokenizer, family))
-        cfg.setdefault("eos_token_id", tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        model = Qwen2ForCausalLM(Qwen2Config(**cfg)).to(torch_dtype)
+        if "eos_token_id" not in cfg:
+            from lavis_lite.models.chat_templates import get_template
+            eot = get_template(family_info(family)["template"]).eot
+            cfg["eos_token_id"] = tokenizer.get_vocab().get(eot, tokenizer.eos_token_id)
+        config = getattr(transformers, f"{arch}Config")(**cfg)
+        model = getattr(transformers, f"{arch}ForCausalLM")(config).to(torch_dtype)
     else:
         raise ValueError("Set model.llm_model to a local folder with the LLM (e.g. Qwen-7B-Chat), or give "
                          "model.llm_config for a random-init Qwen2 (the tiny model)")

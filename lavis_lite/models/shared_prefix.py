@@ -29,13 +29,25 @@ def _cache_kwarg(decoder_cls: type) -> str:
     return "cache" if "cache" in inspect.signature(decoder_cls.forward).parameters else "past_key_values"
 
 
-def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, stop_id: int) -> int:
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, stop_id: int,
+                         labels: torch.Tensor | None = None) -> int:
     """Number of leading columns that are real tokens, identical in every row, before any ``stop_id``
-    (the image token: its embedding differs per sample even though its id does not)."""
+    (the image token: its embedding differs per sample even though its id does not).
+
+    With ``labels``: the prefix also ends before the first supervised token of any row. Output
+    position ``j`` predicts token ``j + 1``, and the prefix's outputs are never scored, so the
+    prefix may cover at most the positions before the first supervised token minus one
+    (otherwise reply tokens of rows that agree past the start of a reply would leave the loss).
+    """
     if input_ids.shape[0] < 2:
         return 0  # nothing to share
     same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0) & (input_ids[0] != stop_id)
-    return int(same.int().cumprod(0).sum())
+    n = int(same.int().cumprod(0).sum())
+    if labels is not None:
+        supervised = (labels != -100).any(0).nonzero()
+        if len(supervised):
+            n = min(n, int(supervised[0]) - 1)
+    return max(n, 0)
 
 
 def llm_is_frozen(llm: nn.Module) -> bool:

@@ -92,9 +92,10 @@ def build_job(argv=None, evaluate_only: bool = False, description: str = ""):
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     setup_seeds(cfg.run_cfg)  # per-rank streams from here on (data order, dropout)
-    # run.feature_cache.enabled: training splits read cached frozen-stage features instead of images
-    from lavis_lite.common.feature_cache_run import prepare_feature_cache
-    datasets = prepare_feature_cache(cfg, model, datasets)
+    # the data side meets the model: conversations tokenised in DataLoader workers with the model's chat
+    # processor; run.feature_cache.enabled: training splits read cached frozen-stage features
+    from lavis_lite.datasets.model_wiring import wire_datasets
+    datasets = wire_datasets(cfg, model, datasets)
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
     from lavis_lite.runners.job_folder import JobFolderError
     try:

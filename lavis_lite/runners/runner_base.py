@@ -276,9 +276,13 @@ class RunnerBase(CheckpointingMixin):
         return self._stream
 
     def _sample_lengths(self, dataset):
-        """run.length_grouped_sampler: estimated token lengths of the records (datasets/samplers.py)."""
+        """run.length_grouped_sampler: the records' true token lengths where the dataset tokenises them
+        (datasets/chat_encoding.py), else estimated ones (datasets/samplers.py)."""
         if not self.run_cfg.get("length_grouped_sampler", False) or not hasattr(dataset, "annotation"):
             return None
+        true_lengths = dataset.sample_lengths() if hasattr(dataset, "sample_lengths") else None
+        if true_lengths is not None:
+            return true_lengths
         from lavis_lite.datasets.samplers import estimate_lengths
         return estimate_lengths(dataset.annotation, int(self.config.model_cfg.get("num_query_token", 32)))
 

@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     import lavis_lite  # noqa: F401  (registers the built-in components)
     from lavis_lite.common import dist_utils
     from lavis_lite.common.config import Config, ConfigArgs
-    from lavis_lite.common.feature_cache_run import prepare_feature_cache
+    from lavis_lite.datasets.feature_cache_run import prepare_feature_cache
     from lavis_lite.common.registry import registry
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

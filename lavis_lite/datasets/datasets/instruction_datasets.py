@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from lavis_lite.datasets.chat_encoding import ChatEncodingMixin
 from lavis_lite.datasets.datasets.base_dataset import BaseDataset
+from lavis_lite.models.conversation_encoder import validate_conversation
 
 IMAGE_TAG = "<ImageHere>"
 LLAVA_IMAGE_TAG = "<image>"
@@ -84,9 +86,10 @@ def check_conversation(conv: list[dict], n_images: int) -> list[dict]:
     return conv
 
 
-class InstructionDataset(BaseDataset):
+class InstructionDataset(ChatEncodingMixin, BaseDataset):
     """Reads both formats (chosen per record by its keys). Samples:
-    ``{"image": Tensor[k,3,H,W] | None, "n_images": k, "conversations", "instance_id", "question_type"?}``."""
+    ``{"image": Tensor[k,3,H,W] | None, "n_images": k, "conversations", "instance_id", "question_type"?}``
+    plus ``"encoded"`` (ids / labels) once the model's chat processor is attached (chat_encoding.py)."""
 
     def parse_record(self, record: dict) -> dict:
         images = _image_list(record)
@@ -104,24 +107,37 @@ class InstructionDataset(BaseDataset):
             parsed["instance_id"] = str(record["id"])
         return parsed
 
-    def load_sample(self, index: int) -> dict:
+    def conversation_of(self, index: int) -> tuple[list[dict], int]:
+        """(the record's conversation after the text processor, its number of images)."""
         ann = self.annotation[index]
-        images = [self.read_image(p) for p in ann["images"]]
         conversations = [
             {"from": t["from"], "value": self.process_text(t["value"]) if t["from"] == "human" else t["value"].strip()}
             for t in ann["conversations"]
         ]
+        return conversations, len(ann["images"])
+
+    def record_id(self, index: int) -> str:
+        return str(self.annotation[index].get("instance_id", index))
+
+    def load_sample(self, index: int) -> dict:
+        ann = self.annotation[index]
+        conversations, n_images = self.conversation_of(index)
+        # After the text processor (which may rewrite marks): a bad conversation is this record's error.
+        validate_conversation(conversations, n_images)
+        images = [self.read_image(p) for p in ann["images"]]
         sample = {
             "image": torch.stack(images) if images else None,
-            "n_images": len(images),
+            "n_images": n_images,
             "conversations": conversations,
             "instance_id": ann["instance_id"],
         }
         if "question_type" in ann:
             sample["question_type"] = ann["question_type"]
-        return sample
+        return self.encode_sample(sample, index)
 
     def collater(self, samples: list[dict]) -> dict:
+        if self.chat_collator is not None:
+            return self.collate_chat(samples)
         return collate_instruction(samples, image_size=getattr(self.vis_processor, "image_size", 224))
 
 

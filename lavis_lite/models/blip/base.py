@@ -78,10 +78,17 @@ class BlipBase(BaseModel):
     def load_checkpoint(self, path_or_state, **kwargs):
         state = load_state_dict_file(path_or_state) if isinstance(path_or_state, (str, os.PathLike)) \
             else dict(path_or_state)
+        own = self.state_dict()
         if is_hf_blip_state_dict(state):  # transformers' BLIP layout (e.g. Salesforce/blip-* safetensors)
+            logit_scale = state.get("logit_scale")
             state, skipped = hf_to_lavis(state)
             logger.info("converted a transformers BLIP state dict to LAVIS names; not loaded: %s", skipped)
-        own = self.state_dict()
+            if "temp" in own and "temp" not in state:
+                # BlipModel's logit_scale is log(1 / temp); the other transformers BLIP classes have no temperature.
+                state["temp"] = torch.exp(-logit_scale.float()).reshape(own["temp"].shape) \
+                    if logit_scale is not None else own["temp"].clone()
+                logger.info("temp set to %.4f (%s)", float(state["temp"]),
+                            "from logit_scale" if logit_scale is not None else "transformers' BLIP has none: kept")
         for key in [k for k in state if k.endswith("pos_embed") and k in own]:
             if state[key].shape != own[key].shape:
                 logger.info("%s: resizing %s to %s", key, tuple(state[key].shape), tuple(own[key].shape))
