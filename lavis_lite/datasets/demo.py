@@ -5,6 +5,7 @@
 Writes (layout of docs/contracts.md):
     DIR/images/<split>/*.png
     DIR/instruction/<split>.json     MiniGPT4-Qwen format + "question_type" + drawn "params"
+    DIR/instruction/captions_<split>.json  image -> caption, every drawn image (the alignment stage)
     DIR/llava/<split>.json           the same records as LLaVA conversations
     DIR/caption/<split>.json         Karpathy format (train: one record per caption; val/test: per image)
     DIR/caption/<split>_gt.json      COCO caption ground truth (pycocoevalcap)
@@ -46,6 +47,10 @@ QUESTIONS = {
     "compare_colour": ("Do the two images show the same colour?",),
 }
 SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest is train
+# The question types a held-out split can be stratified over (multi-turn records count as their last turn).
+QUESTION_TYPES = ("colour", "shape", "count", "position", "compare", "describe")
+DATA_VERSION = 2  # bump when the files written change: --reuse then regenerates
+META_FILE = "meta.json"  # the generator's arguments: a data folder is reused only when they match
 TAG = "<ImageHere>"
 
 
@@ -173,19 +178,40 @@ def _split_sizes(n: int) -> dict[str, int]:
     return sizes
 
 
-def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4) -> dict:
-    """Write the demo data set under ``out``; returns {split: number of instruction records}."""
+def _kinds_of_split(rng, split: str, n_split: int, per_type: int | None) -> list[str | None]:
+    """The record kinds of a split: drawn from ``mix``, or (held-out splits with ``per_type``) exactly
+    ``per_type`` of every question type in a shuffled order, so each type's accuracy rests on enough answers."""
+    if split != "train" and per_type:
+        kinds = [k for k in QUESTION_TYPES for _ in range(per_type)]
+        rng.shuffle(kinds)
+        return kinds
+    return [None] * n_split  # drawn record by record (same stream as before stratification existed)
+
+
+def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4,
+             val_per_type: int | None = None, test_per_type: int | None = None, mix: dict | None = None) -> dict:
+    """Write the demo data set under ``out``; returns {split: number of instruction records}.
+    ``val_per_type`` / ``test_per_type``: stratify that held-out split, that many records per question
+    type (else it is ``SPLIT_FRACTIONS`` of ``n`` drawn from the mix); ``mix``: train kinds' shares."""
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    mix = dict(mix or QUESTION_MIX)
+    unknown = set(mix) - set(QUESTION_MIX)
+    if unknown:
+        raise ValueError(f"unknown question kinds in the mix: {sorted(unknown)} (known: {list(QUESTION_MIX)})")
     rng = random.Random(seed)
-    kinds, weights = list(QUESTION_MIX), list(QUESTION_MIX.values())
+    per_type = {"val": val_per_type, "test": test_per_type}
+    sizes = _split_sizes(n)
+    sizes.update({s: k * len(QUESTION_TYPES) for s, k in per_type.items() if k})
     counts, image_id, question_id = {}, 0, 0
-    for split, n_split in _split_sizes(n).items():
+    for split, n_split in sizes.items():
+        kinds = _kinds_of_split(rng, split, n_split, per_type.get(split))
         img_dir = os.path.join(out, "images", split)
         os.makedirs(img_dir, exist_ok=True)
         instr, llava, cap_train, cap_eval, vqa, gt_images, gt_anns, shard_items = [], [], [], [], [], [], [], []
+        align = []
         for r in range(n_split):
-            rec = make_record(rng, rng.choices(kinds, weights)[0], size)
+            rec = make_record(rng, kinds[r] or rng.choices(list(mix), list(mix.values()))[0], size)
             rid = f"{split}_{r:06d}"
             rel_paths = []
             for k, params in enumerate(rec["params"]):
@@ -201,6 +227,9 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                 caps = [caption_of(params, size, v) for v in (0, 1)]
                 cap_train += [{"image": rel, "caption": c, "image_id": image_id} for c in caps]
                 cap_eval.append({"image": rel, "caption": caps, "image_id": image_id})
+                # MiniGPT-4's first stage: the image alone, then its caption (both wordings, alternately)
+                align.append({"id": f"{rid}{suffix}", "image": rel, "instruction": TAG,
+                              "output": caps[image_id % 2], "question_type": "caption"})
                 gt_images.append({"id": image_id, "file_name": rel})
                 gt_anns += [{"image_id": image_id, "id": len(gt_anns) + j, "caption": c} for j, c in enumerate(caps)]
                 image_id += 1
@@ -228,6 +257,7 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                     question_id += 1
         _dump(os.path.join(out, "instruction", f"{split}.json"), instr)
         _dump(os.path.join(out, "llava", f"{split}.json"), llava)
+        _dump(os.path.join(out, "instruction", f"captions_{split}.json"), align)
         _dump(os.path.join(out, "caption", f"{split}.json"), cap_train if split == "train" else cap_eval)
         _dump(os.path.join(out, "caption", f"{split}_gt.json"),
               {"info": {"description": "lavis_lite demo shapes"}, "licenses": [], "type": "captions",
@@ -236,6 +266,12 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
         _write_shards(os.path.join(out, "shards"), split, instr, shard_items, n_shards if split == "train" else 1, size)
         counts[split] = n_split
     return counts
+
+
+def meta_of(args) -> dict:
+    return {"version": DATA_VERSION, "n": args.n, "seed": args.seed, "size": args.size, "shards": args.shards,
+            "val_per_type": args.val_per_type, "test_per_type": args.test_per_type,
+            "mix": json.loads(args.mix) if args.mix else QUESTION_MIX}
 
 
 def _dump(path: str, obj) -> None:
@@ -304,10 +340,28 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--shards", type=int, default=4, help="webdataset shards for train")
+    parser.add_argument("--val-per-type", type=int, default=None,
+                        help="stratified val split: this many records of every question type")
+    parser.add_argument("--test-per-type", type=int, default=None,
+                        help="stratified test split: this many records of every question type")
+    parser.add_argument("--mix", default=None, help='train question mix as JSON, e.g. {"colour": 0.1, ...}')
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"keep an existing data folder whose {META_FILE} matches these arguments")
     parser.add_argument("--preview", default=None, help="also write a PNG of a few samples here")
     args = parser.parse_args(argv)
+    meta, meta_path = meta_of(args), os.path.join(args.out, META_FILE)
+    if args.reuse and os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            if json.load(f) == meta:
+                print(f"demo data in {args.out}: reused ({META_FILE} matches)")
+                return
+    if os.path.isfile(meta_path):
+        os.remove(meta_path)  # an interrupted run must not leave a folder that looks complete
     start = time.time()
-    counts = generate(args.out, n=args.n, seed=args.seed, size=args.size, n_shards=args.shards)
+    counts = generate(args.out, n=args.n, seed=args.seed, size=args.size, n_shards=args.shards,
+                      val_per_type=args.val_per_type, test_per_type=args.test_per_type,
+                      mix=json.loads(args.mix) if args.mix else None)
+    _dump(meta_path, meta)
     if args.preview:
         write_preview(args.out, args.preview)
     print(f"demo data in {args.out}: {counts} records, {time.time() - start:.1f}s")
