@@ -2,6 +2,7 @@
 with each tool's own reader, resume without duplicate steps, and errors at start for bad logger configs."""
 import glob
 import json
+import time
 import os
 import struct
 import sys
@@ -129,6 +130,9 @@ def test_all_loggers_hold_the_metrics_and_resume_without_duplicates(tmp_path, mo
     assert _train_steps(read_metrics(job)) == [2, 4, 6, 8, 10, 12]  # two records past the checkpoint
     cut.trackers.finish(failed=True)  # what the crashed process's exit would do
     state = json.loads((job / "trackers.json").read_text())
+    # W&B names offline run folders by the start second: a real restart (a new process) never starts in
+    # the crashed run's second, this in-process one can on a quiet machine -- keep the two apart
+    time.sleep(1.1)
 
     resumed = make_runner(tmp_path / "cut", "runner_base", resume_ckpt_path="auto", **run)
     resumed.train()
