@@ -41,6 +41,14 @@ def run_option(cfg, key, default=None):
     return default if value is None else value
 
 
+def run_choice(cfg, key, default, choices, task: str) -> str:
+    """``run_option`` for a key whose value must be one of ``choices``; the error names task, key and value."""
+    value = str(run_option(cfg, key, default))
+    if value not in choices:
+        raise ValueError(f"{task}: run.{key} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
 def find_dataset(data_loader):
     """The Dataset behind a DataLoader (or a runner's wrapper around one), else None."""
     obj = data_loader

@@ -23,7 +23,7 @@ import torch
 from lavis_lite.common.registry import registry
 from lavis_lite.common.run_schema import InstructionEvalKeys
 from lavis_lite.tasks.base_task import _unwrap
-from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_option
+from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_choice, run_option
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 AGG_CHOICES = ("exact_acc", "contains_acc", "token_acc")
@@ -77,9 +77,7 @@ class InstructionEvalTask(GenerativeEvalTask):
 
     def __init__(self, cfg=None, **kwargs):
         super().__init__(cfg=cfg, **kwargs)
-        self.agg_metric = str(run_option(cfg, "agg_metric", "exact_acc"))
-        if self.agg_metric not in AGG_CHOICES:
-            raise ValueError(f"instruction_eval: run.agg_metric must be one of {AGG_CHOICES}, got {self.agg_metric!r}")
+        self.agg_metric = run_choice(cfg, "agg_metric", "exact_acc", AGG_CHOICES, "instruction_eval")
         self.compute_loss = bool(run_option(cfg, "compute_loss", True))
 
     def valid_step(self, model, samples) -> list[dict]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from lavis_lite.common.registry import registry
 from lavis_lite.common.run_schema import GenerationKeys
-from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_option
+from lavis_lite.tasks.generative_eval import GenerativeEvalTask, leaf_datasets, run_choice, run_option
 from lavis_lite.tasks.metrics.aokvqa_eval import aokvqa_scores
 from lavis_lite.tasks.metrics.gqa_eval import NORMALIZATIONS, gqa_scores, normalize_gqa_prediction
 from lavis_lite.tasks.metrics.mmbench_eval import LETTERS, extract_choice
@@ -114,9 +114,7 @@ class GQATask(_AnnotatedVQATask):
 
     def __init__(self, cfg=None, **kwargs):
         super().__init__(cfg=cfg, **kwargs)
-        self.normalization = str(run_option(cfg, "gqa_normalization", "lavis"))
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"gqa: run.gqa_normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        self.normalization = run_choice(cfg, "gqa_normalization", "lavis", NORMALIZATIONS, "gqa")
 
     def valid_step(self, model, samples) -> list[dict]:
         questions = samples["text_input"]
@@ -158,9 +156,7 @@ class AOKVQATask(_AnnotatedVQATask):
 
     def __init__(self, cfg=None, **kwargs):
         super().__init__(cfg=cfg, **kwargs)
-        self.mode = str(run_option(cfg, "aokvqa_mode", "direct"))
-        if self.mode not in ("direct", "multiple_choice"):
-            raise ValueError(f"aok_vqa: run.aokvqa_mode must be direct or multiple_choice, got {self.mode!r}")
+        self.mode = run_choice(cfg, "aokvqa_mode", "direct", ("direct", "multiple_choice"), "aok_vqa")
         if self.mode == "multiple_choice" and run_option(cfg, "prompt") is None:
             self.prompt = "{}"  # the lettered choices and the instruction are built below
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from lavis_lite.common.registry import registry
 from lavis_lite.common.run_schema import GenerationKeys
-from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_option
+from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_choice, run_option
 from lavis_lite.tasks.metrics import mmbench_eval, scienceqa_eval
 from lavis_lite.tasks.metrics.mme_eval import mme_scores
 from lavis_lite.tasks.metrics.pope_eval import pope_scores, pope_yes_no
@@ -99,10 +99,7 @@ class MMBenchTask(BenchmarkTask):
 
     def __init__(self, cfg=None, **kwargs):
         super().__init__(cfg=cfg, **kwargs)
-        self.style = str(run_option(cfg, "mmbench_prompt_style", "mmbench"))
-        if self.style not in mmbench_eval.PROMPT_STYLES:
-            raise ValueError(f"mmbench: run.mmbench_prompt_style must be one of {mmbench_eval.PROMPT_STYLES}, "
-                             f"got {self.style!r}")
+        self.style = run_choice(cfg, "mmbench_prompt_style", "mmbench", mmbench_eval.PROMPT_STYLES, "mmbench")
         self.lang = str(run_option(cfg, "mmbench_lang", "en"))
 
     def benchmark_text(self, samples, i):
