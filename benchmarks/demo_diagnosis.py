@@ -57,6 +57,9 @@ def build_model(stage1: str, overrides: dict):
     return cls.from_config(cfg)
 
 
+FEATURE_STAGE = "qformer"  # "vit" with --train-qformer: the Q-Former then runs (and learns) in every step
+
+
 @torch.no_grad()
 def qformer_features(model, data: str, records: list[dict]) -> dict:
     proc = registry.get_processor_class("blip2_image_eval").from_config({"image_size": 32})
@@ -65,15 +68,31 @@ def qformer_features(model, data: str, records: list[dict]) -> dict:
     for i in range(0, len(paths), 256):
         chunk = paths[i:i + 256]
         x = torch.stack([proc(Image.open(os.path.join(data, "images", p)).convert("RGB")) for p in chunk])
-        out = model.encode_image(x, stage="pixels", upto="qformer")
+        out = model.encode_image(x, stage="pixels", upto=FEATURE_STAGE)
         feats.update(zip(chunk, out))
     return feats
+
+
+def as_qformer(model, x):
+    """Cached features -> Q-Former outputs (they are already, unless --train-qformer cached ViT features)."""
+    return x if FEATURE_STAGE == "qformer" else model.encode_image(features=x, stage="vit", upto="qformer")
 
 
 def samples_of(batch, feats):
     return {"conversations": [r["conv"] for r in batch], "n_images": [len(r["images"]) for r in batch],
             "image_features": torch.stack([feats[p] for r in batch for p in r["images"]]),
-            "image_features_stage": "qformer"}
+            "image_features_stage": FEATURE_STAGE}
+
+
+def sample_mean_loss(model, batch, feats):
+    """Each conversation's answer tokens averaged, then the conversations averaged: a one-token answer
+    weighs as much as a ten-token caption (the model's own loss averages over all tokens of the batch)."""
+    b, embeds = llm_inputs(model, batch, feats)
+    logits = model.llm_model(inputs_embeds=embeds, attention_mask=b.attention_mask).logits[:, :-1]
+    targets = b.labels[:, 1:]
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    mask = (targets != IGNORE_INDEX).float()
+    return ((ce * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
 
 
 def llm_inputs(model, batch, feats):
@@ -133,12 +152,12 @@ def probes(model, train, val, feats) -> dict:
         va = [r for r in val if r["type"] == what]
         reps = {}
         for name, recs in (("tr", tr), ("va", va)):
-            q = torch.stack([feats[r["images"][0]] for r in recs])
+            q = as_qformer(model, torch.stack([feats[r["images"][0]] for r in recs]))
             proj = model.llm_proj(q)
             # the prompt up to the generation point: the human turn only
             convs = [r["conv"][:1] for r in recs]
             b = model.preprocess(convs, [1] * len(recs), add_generation_prompt=True, padding_side="left")
-            s = {"image_features": q, "image_features_stage": "qformer"}
+            s = {"image_features": q, "image_features_stage": "qformer"}  # q: Q-Former outputs (as_qformer)
             embeds = model._splice(b.input_ids, model._image_embeds(s, [1] * len(recs), b.n_images_used),
                                    b.n_images_used)
             o = model.llm_model(inputs_embeds=embeds, attention_mask=b.attention_mask, output_hidden_states=True,
@@ -163,7 +182,7 @@ def probes(model, train, val, feats) -> dict:
             with torch.enable_grad():
                 out[f"{what}_probe_{key}"] = probe(reps["tr"][key], ytr, reps["va"][key], yva)
     # scale: projected image tokens vs word embeddings
-    any_q = torch.stack([feats[r["images"][0]] for r in val[:64]])
+    any_q = as_qformer(model, torch.stack([feats[r["images"][0]] for r in val[:64]]))
     out["norm_proj_token"] = float(model.llm_proj(any_q).norm(dim=-1).mean())
     # how alike the 8 query tokens of one image are (1 = the same vector: nothing to tell them apart by)
     for name, x in (("qformer", any_q), ("proj", model.llm_proj(any_q))):
@@ -172,17 +191,16 @@ def probes(model, train, val, feats) -> dict:
         off = ~torch.eye(sim.shape[-1], dtype=torch.bool)
         out[f"cos_between_query_tokens_{name}"] = float(sim[:, off].mean())
         # the part that differs between images (token minus its mean over images)
-        xc = F.normalize(x - x.mean(0, keepdim=True), dim=-1)
         out[f"share_of_norm_varying_across_images_{name}"] = float((x - x.mean(0, keepdim=True)).norm(dim=-1).mean())
     out["norm_word_embedding"] = float(model.llm_model.get_input_embeddings().weight.norm(dim=-1).mean())
     model.train()
     return out
 
 
-def train(model, records, feats, epochs, lr, bs=32, seed=0, lr_proj_mult=1.0, log=None):
+def train(model, records, feats, epochs, lr, bs=32, seed=0, lr_proj_mult=1.0, log=None, sample_mean=False):
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    proj = set(id(p) for p in model.llm_proj.parameters())
+    proj = {id(p) for p in model.llm_proj.parameters()}
     groups = [{"params": [p for p in params if id(p) not in proj], "lr": lr},
               {"params": [p for p in params if id(p) in proj], "lr": lr * lr_proj_mult}]
     opt = torch.optim.AdamW(groups, weight_decay=0.05)
@@ -195,7 +213,8 @@ def train(model, records, feats, epochs, lr, bs=32, seed=0, lr_proj_mult=1.0, lo
             f = min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
             for g, base in zip(opt.param_groups, (lr, lr * lr_proj_mult)):
                 g["lr"] = base * f
-            loss = model(samples_of(order[i:i + bs], feats))["loss"]
+            batch = order[i:i + bs]
+            loss = sample_mean_loss(model, batch, feats) if sample_mean else model(samples_of(batch, feats))["loss"]
             opt.zero_grad()
             loss.backward()
             if step % 50 == 0:
@@ -222,10 +241,18 @@ def main(argv=None):
     p.add_argument("--proj-init-scale", type=float, default=1.0, help="scale llm_proj's initial weights")
     p.add_argument("--repeat", default="{}", help='JSON {type: k}: repeat those training records k times')
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--sample-mean", action="store_true", help="loss: mean over conversations of their token mean")
+    p.add_argument("--train-qformer", action="store_true",
+                   help="the Q-Former and queries learn in stage 2 too (InstructBLIP); ViT features cached")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.process_time()
-    model = build_model(args.stage1, json.loads(args.model))
+    global FEATURE_STAGE
+    overrides = json.loads(args.model)
+    if args.train_qformer:
+        FEATURE_STAGE = "vit"
+        overrides.update(freeze_qformer=False, freeze_queries=False)
+    model = build_model(args.stage1, overrides)
     with torch.no_grad():
         for prm in model.llm_proj.parameters():
             prm.mul_(args.proj_init_scale)
@@ -239,26 +266,22 @@ def main(argv=None):
         train_fit = [r for r in train_fit if r["type"] in args.only.split(",")]
     res = {"args": vars(args), "before": probes(model, train_recs, probe_recs, feats)}
     if args.align_epochs:
-        caps = [{"conv": [{"from": "human", "value": "<ImageHere> Describe the image."},
-                          {"from": "gpt", "value": _caption(r)}], "images": r["images"][:1], "type": "describe",
-                 "params": r["params"]} for r in train_recs]
+        with open(os.path.join(args.data, "instruction", "captions_train.json")) as f:
+            caps = [{"conv": [{"from": "human", "value": c["instruction"]}, {"from": "gpt", "value": c["output"]}],
+                     "images": [c["image"]], "type": "describe", "params": None} for c in json.load(f)]
         res["align_grads"] = train(model, caps, feats, args.align_epochs, args.lr, lr_proj_mult=args.lr_proj_mult)
     res["grads(step,loss,|g_proj|,|g_llm|)"] = train(model, train_fit, feats, args.epochs, args.lr, bs=args.bs,
-                                                       lr_proj_mult=args.lr_proj_mult)
+                                                       lr_proj_mult=args.lr_proj_mult, sample_mean=args.sample_mean)
     res["after"] = probes(model, train_recs, probe_recs, feats)
     res["exact_train"] = exact_match(model, train_recs, feats)
     res["exact_val"] = exact_match(model, val_recs, feats)
+    res["exact_heldout(val+test)"] = exact_match(model, probe_recs, feats)
     res["cpu_s"] = time.process_time() - t0
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-
-
-def _caption(rec):
-    from lavis_lite.datasets.demo import caption_of
-    return caption_of(rec["params"][0], 32, 0)
 
 
 if __name__ == "__main__":

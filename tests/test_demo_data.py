@@ -251,5 +251,13 @@ def test_caption_batches_feed_blip2_stage1(tmp_path, demo_dir):
     ds = load_dataset("caption", cfg_path=_run_yaml(tmp_path, demo_dir, "caption", "caption"))["train"]
     batch = ds.collater([ds[i] for i in range(4)])
     assert batch["image_id"].tolist()[:2] == [batch["image_id"][0].item()] * 2
+    # two different images whose captions are the same get one ITC id (positives), others different ids
+    by_content = {}
+    for i, rec in enumerate(ds.annotation):
+        by_content.setdefault(rec["image_id"], []).append(i)
+    same = next(idx for idx in by_content.values() if len({ds.annotation[i]["image"] for i in idx}) > 1)
+    other = next(idx for key, idx in by_content.items() if key != ds.annotation[same[0]]["image_id"])
+    ids = [ds[i]["image_id"] for i in same] + [ds[other[0]]["image_id"]]
+    assert len(set(ids[:-1])) == 1 and ids[-1] != ids[0]
     out = load_model("blip2", "tiny")(batch)
     assert torch.isfinite(out["loss"])
