@@ -156,7 +156,7 @@ def test_llava_and_vqa_mirror_instruction(demo_dir):
 def test_caption_files_and_coco_ground_truth(demo_dir):
     from pycocoevalcap.bleu.bleu import Bleu
     train = _load(demo_dir / "caption" / "train.json")
-    # train image_id = the content the captions state (caption 0): both captions of an image share it, and so
+    # train image_id = the content both captions state (caption 1): both captions of an image share it, and so
     # do images with the same captions (ITC positives, not negatives)
     ids_of_image = {}
     for r in train:
@@ -166,10 +166,10 @@ def test_caption_files_and_coco_ground_truth(demo_dir):
     assert set(per_image.values()) == {2}
     ids = Counter(r["image_id"] for r in train)
     assert len(ids) < len(per_image) and all(n % 2 == 0 for n in ids.values())
-    first = {}
-    for r in train:
-        first.setdefault(r["image"], r["caption"])
-    assert all(next(iter(ids_of_image[im])) == cap for im, cap in first.items())
+    second = {}
+    for r in train:  # an image's two captions come in order: the id is the second (shorter) one
+        second[r["image"]] = r["caption"]
+    assert all(next(iter(ids_of_image[im])) == cap for im, cap in second.items())
     val = _load(demo_dir / "caption" / "val.json")
     gt = _load(demo_dir / "caption" / "val_gt.json")
     assert {i["id"] for i in gt["images"]} == {r["image_id"] for r in val}
