@@ -156,20 +156,20 @@ def test_llava_and_vqa_mirror_instruction(demo_dir):
 def test_caption_files_and_coco_ground_truth(demo_dir):
     from pycocoevalcap.bleu.bleu import Bleu
     train = _load(demo_dir / "caption" / "train.json")
-    # train image_id = the content both captions state (caption 1): both captions of an image share it, and so
-    # do images with the same captions (ITC positives, not negatives)
-    ids_of_image = {}
+    # train image_id = the content the captions state (demo.itc_id_of): both captions of an image share it,
+    # and so do images with the same content (ITC positives); centred shapes keep the background in it
+    params_of = {}
+    for rec in _load(demo_dir / "instruction" / "train.json"):
+        imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+        params_of.update(zip(imgs, rec["params"]))
     for r in train:
-        ids_of_image.setdefault(r["image"], set()).add(r["image_id"])
-    assert all(len(ids) == 1 for ids in ids_of_image.values())
+        p = params_of[r["image"]]
+        assert r["image_id"] == demo.itc_id_of(p, 32)
+        assert ("background" in r["image_id"]) == (p["layout"] == "centre")
     per_image = Counter(r["image"] for r in train)
     assert set(per_image.values()) == {2}
     ids = Counter(r["image_id"] for r in train)
     assert len(ids) < len(per_image) and all(n % 2 == 0 for n in ids.values())
-    second = {}
-    for r in train:  # an image's two captions come in order: the id is the second (shorter) one
-        second[r["image"]] = r["caption"]
-    assert all(next(iter(ids_of_image[im])) == cap for im, cap in second.items())
     val = _load(demo_dir / "caption" / "val.json")
     gt = _load(demo_dir / "caption" / "val_gt.json")
     assert {i["id"] for i in gt["images"]} == {r["image_id"] for r in val}
@@ -250,8 +250,8 @@ def test_caption_batches_feed_blip2_stage1(tmp_path, demo_dir):
     from lavis_lite.models import load_model
     ds = load_dataset("caption", cfg_path=_run_yaml(tmp_path, demo_dir, "caption", "caption"))["train"]
     batch = ds.collater([ds[i] for i in range(4)])
-    assert batch["image_id"].tolist()[:2] == [batch["image_id"][0].item()] * 2
-    # two different images whose captions are the same get one ITC id (positives), others different ids
+    assert batch["image_id"].tolist()[:2] == [batch["image_id"][0].item()] * 2  # one image's two captions
+    # two different images with the same content get one ITC id (positives), other contents other ids
     by_content = {}
     for i, rec in enumerate(ds.annotation):
         by_content.setdefault(rec["image_id"], []).append(i)

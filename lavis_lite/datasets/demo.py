@@ -50,7 +50,7 @@ QUESTIONS = {
 SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest is train
 # The question types a held-out split can be stratified over (multi-turn records count as their last turn).
 QUESTION_TYPES = ("colour", "shape", "count", "position", "compare", "describe")
-DATA_VERSION = 4  # bump when the files written change: --reuse then regenerates
+DATA_VERSION = 6  # bump when the files written change: --reuse then regenerates
 META_FILE = "meta.json"  # the generator's arguments: a data folder is reused only when they match
 TAG = "<ImageHere>"
 
@@ -125,6 +125,12 @@ def caption_of(params: dict, S: int, variant: int = 0) -> str:
     if variant == 0:
         return f"{subject} on a {bg} background."
     return f"a picture of {subject}."
+
+
+def itc_id_of(params: dict, S: int) -> str:
+    """Stage-1 ITC id of an image: equal for images whose captions state the same content that is asked
+    about them (measured choice, docs/demo_diagnosis.md section 0)."""
+    return caption_of(params, S, 0 if params.get("layout") == "centre" else 1)
 
 
 def answer_of(kind: str, params: list[dict], S: int) -> str:
@@ -226,10 +232,11 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                 shard_items.append((rid, k, buf.getvalue()))
                 # Every drawn image is also a caption sample.
                 caps = [caption_of(params, size, v) for v in (0, 1)]
-                # Train "image_id" = what both captions state (caption 1: shape, colour, count, position, no
-                # background): images it cannot tell apart are one image to ITC (positives), not each
-                # other's negatives (docs/demo_diagnosis.md).
-                cap_train += [{"image": rel, "caption": c, "image_id": caps[1]} for c in caps]
+                # Train "image_id" = the content a caption states, so images the captions cannot tell apart
+                # are one image to ITC (positives), not each other's negatives: for one centred shape the
+                # whole caption (background included: "describe" asks it); for count and position
+                # layouts what both captions state (what is asked there). docs/demo_diagnosis.md.
+                cap_train += [{"image": rel, "caption": c, "image_id": itc_id_of(params, size)} for c in caps]
                 cap_eval.append({"image": rel, "caption": caps, "image_id": image_id})
                 # MiniGPT-4's first stage: the image alone, then its caption (both wordings, alternately)
                 align.append({"id": f"{rid}{suffix}", "image": rel, "instruction": TAG,
