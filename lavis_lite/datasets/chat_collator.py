@@ -33,6 +33,7 @@ class ChatCollator:
         self.pad_token_id, self.max_txt_len = int(pad_token_id), int(max_txt_len)
         self.packing, self.pad_to_max = bool(packing), bool(pad_to_max)
         self.pad_to_multiple_of, self.image_size = int(pad_to_multiple_of), int(image_size)
+        self._cols: dict[int, np.ndarray] = {}  # column indices per row width
 
     @classmethod
     def for_model(cls, model, image_size: int = 224) -> "ChatCollator":
@@ -50,7 +51,11 @@ class ChatCollator:
     def _one_per_row(self, encoded, lengths):
         """Rows = samples, padded on the right: one boolean-mask scatter per field."""
         lens = np.asarray(lengths, dtype=np.int64)[:, None]
-        cols = np.arange(self._width(max(lengths)), dtype=np.int64)[None, :]
+        width = self._width(max(lengths))
+        cols = self._cols.get(width)
+        if cols is None:
+            cols = self._cols[width] = np.arange(width, dtype=np.int64)[None, :]
+            cols.flags.writeable = False
         mask = cols < lens
         ids = np.full(mask.shape, self.pad_token_id, dtype=np.int64)
         labels = np.full(mask.shape, IGNORE_INDEX, dtype=np.int64)
@@ -111,7 +116,7 @@ class ChatCollator:
         keys = set().union(*samples)
         key = ("image_features" if "image_features" in keys and any(s.get("image_features") is not None
                                                                      for s in samples) else "image")
-        kept = [samples[i][key][:used[i]] for i in order if used[i]]
+        kept = [x if x.shape[0] == n else x[:n] for i in order for n, x in [(used[i], samples[i][key])] if n]
         if kept:
             batch[key] = torch.cat(kept, 0)
         elif key == "image_features":

@@ -321,6 +321,7 @@ class ConversationEncoder:
         last_reply = len(turns) - 1 if turns and len(turns) % 2 == 0 else -1
         first_user = tpl.system_in_first_user.replace("{system}", system) if system and tpl.system_in_first_user else ""
         strip, pre_tail, post_head = tpl.strip, self._pre_tail, self._post_head
+        (mid_tail, mid_head), (last_tail, last_head) = self._reply_text[False], self._reply_text[True]
         for t, (role, text) in enumerate(turns):
             if type(text) is not str:
                 raise _NotNormal
@@ -347,10 +348,12 @@ class ConversationEncoder:
                     raise _NotNormal
                 if strip:
                     text = text.strip()
-                last = t == last_reply
-                header_tail, tail_head = self._reply_text[last]
-                texts.append(header_tail + text + tail_head)
-                codes.append(-2 if last else -1)
+                if t == last_reply:
+                    texts.append(last_tail + text + last_head)
+                    codes.append(-2)
+                else:
+                    texts.append(mid_tail + text + mid_head)
+                    codes.append(-1)
         if left:
             raise ConversationError(f"sample {sample} has {n_images} image(s) but only {n_images - left} "
                                     f"{IMAGE_MARK} mark(s) in its user turns")
