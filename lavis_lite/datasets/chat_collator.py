@@ -63,7 +63,8 @@ class ChatCollator:
         labels[mask] = np.concatenate([e.labels for e in encoded])
         if labels.shape[1]:
             labels[:, 0] = IGNORE_INDEX  # the first token is never a target
-        positions = np.where(mask, cols, cols - lens)  # padding: its own run of positions from 0
+        positions = np.subtract(cols, lens)  # padding: its own run of positions from 0
+        np.copyto(positions, cols, where=mask)
         return ids, labels, mask.astype(np.int64), positions, None
 
     def _packed(self, encoded, lengths, rows):
