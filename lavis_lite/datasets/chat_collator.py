@@ -27,17 +27,27 @@ PASS_THROUGH = ("conversations", "instance_id", "question_type")
 
 class ChatCollator:
     def __init__(self, pad_token_id: int, max_txt_len: int, packing: bool = False, pad_to_max: bool = False,
-                 pad_to_multiple_of: int = 1, image_size: int = 224):
+                 pad_to_multiple_of: int = 1, image_size: int = 224, all_images: bool = False):
         if packing and pad_to_max:
             raise ValueError("packing and pad_to_max_txt_len exclude each other; switch one off")
+        if packing and all_images:
+            raise ValueError("all_images (evaluation batches) needs one conversation per row; switch packing off")
+        # all_images (evaluation splits): ``image`` keeps every image of every sample in sample order (as
+        # the raw-conversation batch had them, for generation), ``images_per_row`` says which runs are in
+        # the ids, and the batch carries ``all_images: True`` so the model's forward selects those.
+        self.all_images = bool(all_images)
         self.pad_token_id, self.max_txt_len = int(pad_token_id), int(max_txt_len)
         self.packing, self.pad_to_max = bool(packing), bool(pad_to_max)
         self.pad_to_multiple_of, self.image_size = int(pad_to_multiple_of), int(image_size)
         self._cols: dict[int, np.ndarray] = {}  # column indices per row width
 
     @classmethod
-    def for_model(cls, model, image_size: int = 224) -> "ChatCollator":
-        layout = model.batch_layout()
+    def for_model(cls, model, image_size: int = 224, evaluation: bool = False) -> "ChatCollator":
+        """The model's layout; ``evaluation``: one conversation per row and every image kept (instruction
+        evaluation splits batches per sample and generates from the same images)."""
+        layout = dict(model.batch_layout())
+        if evaluation:
+            layout.update(packing=False, all_images=True)
         return cls(model.chat_processor.pad_token_id, model.chat_processor.max_txt_len, image_size=image_size,
                    **layout)
 
@@ -117,6 +127,9 @@ class ChatCollator:
         keys = set().union(*samples)
         key = ("image_features" if "image_features" in keys and any(s.get("image_features") is not None
                                                                      for s in samples) else "image")
+        if self.all_images:
+            used = [int(s.get("n_images", 0)) for s in samples]
+            batch["all_images"] = True
         kept = [x if x.shape[0] == n else x[:n] for i in order for n, x in [(used[i], samples[i][key])] if n]
         if kept:
             batch[key] = torch.cat(kept, 0)
