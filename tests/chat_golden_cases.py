@@ -1,6 +1,8 @@
 """Conversations + encoder settings whose ids / labels are pinned in fixtures/chat_encoding_golden.json.
 
-The fixture was written by the encoder *before* its speed rewrite (commit 81ea1e9), so
+The fixture was written by the encoder *before* its speed rewrite (commit 81ea1e9; the vicuna_v1.1 and
+minigpt4_* entries re-pinned when those templates were fixed to FastChat / MiniGPT-4 ids, see
+test_vicuna_template.py), so
 ``test_chat_encoding_exact.py`` proves the rewrite gives identical ids, labels, image counts and
 truncation accounting for every registered template: images (also more marks than images), system
 messages, typed control strings, whitespace and Unicode edges, truncation at several lengths

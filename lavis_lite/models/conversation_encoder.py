@@ -273,10 +273,19 @@ class ConversationEncoder:
         n_sup = sum(1 for x in tail_labels if x != IGNORE_INDEX)
         if tail_labels[:n_sup] != tail_ids[:n_sup] or any(x != IGNORE_INDEX for x in tail_labels[n_sup:]):
             raise ValueError(f"template {tpl.name!r}: the supervised end of turn must come first after a reply")
+        # space_joins_next: the spaces ending a user turn start the reply / generation text instead
+        self._post_carry = ""
+        if tpl.space_joins_next:
+            kept = self._post_head.rstrip(" ")
+            self._post_carry, self._post_head = self._post_head[len(kept):], kept
+            starts_with_text = [self._literal(tpl.assistant_header), self._literal(tpl.generation_prompt)]
+            if self._post_carry and (post_ids or not all(x and x[0][0] == "text" for x in starts_with_text)):
+                raise ValueError(f"template {tpl.name!r}: space_joins_next needs text between a user turn and "
+                                 "the reply / generation prompt after it")
         self._reply_ops, self._reply_text = {}, {}
         for last in (False, True):
-            header, header_tail = self._edges(self._literal(tpl.assistant_header + (tpl.last_reply_header if last else "")),
-                                              at_end=True)
+            header, header_tail = self._edges(self._literal(self._post_carry + tpl.assistant_header
+                                                            + (tpl.last_reply_header if last else "")), at_end=True)
             header_ids = self._const(header)
             # the reply is tokenised with the header text before it (' red' stays one token where the
             # template writes ' ' + reply) and supervised from the first token the header text alone lacks
@@ -284,18 +293,26 @@ class ConversationEncoder:
             self._reply_ops[last] = (([(CONST, header_ids)] if header_ids else [])
                                      + [(SPLIT, head_ids), (TAIL, tail_ids, n_sup)])
             self._reply_text[last] = (header_tail, tail_head)
-        self._generation = [(CONST, self._const(self._literal(tpl.generation_prompt)))]
+        self._generation = [(CONST, self._const(self._literal(self._post_carry + tpl.generation_prompt)))]
         self._heads: dict = {}
         self._shapes: dict = {}
         self._image_run = [self.image_token_id] * self.num_query_token
 
-    def _head(self, system: str) -> list:
+    def _head(self, system: str) -> tuple[list, list, str]:
+        """(ops, ops with the trailing spaces kept, those spaces) of the prefix + system block. With
+        ``space_joins_next`` the spaces move to the first user turn's text (when it starts with text)."""
         head = self._heads.get(system)
         if head is None:
             items = list(self._literal(self.template.prefix))
             if system and self.template.system:
                 self._join(items, self._literal(self.template.system.replace("{system}", system)))
-            head = [(CONST, self._const(items))]
+            whole, carry = [(CONST, self._const(items))], ""
+            if (self.template.space_joins_next and items and items[-1][0] == "text" and not self._user_edges[0]
+                    and items[-1][1].endswith(" ")):
+                kept = items[-1][1].rstrip(" ")
+                carry = items[-1][1][len(kept):]
+                items[-1] = ("text", kept, items[-1][2])
+            head = ([(CONST, self._const(items))] if carry else whole, whole, carry)
             if len(self._heads) < 64:
                 self._heads[system] = head
         return head
@@ -321,6 +338,8 @@ class ConversationEncoder:
         last_reply = len(turns) - 1 if turns and len(turns) % 2 == 0 else -1
         first_user = tpl.system_in_first_user.replace("{system}", system) if system and tpl.system_in_first_user else ""
         strip, pre_tail, post_head = tpl.strip, self._pre_tail, self._post_head
+        head_carry = self._head(system)[2]
+        last_user = len(turns) - 1 if not generation and len(turns) % 2 else -1  # no block after it
         (mid_tail, mid_head), (last_tail, last_head) = self._reply_text[False], self._reply_text[True]
         for t, (role, text) in enumerate(turns):
             if type(text) is not str:
@@ -332,17 +351,19 @@ class ConversationEncoder:
                     text = first_user + text
                 if strip:
                     text = text.strip()
+                start = head_carry + pre_tail if t == 0 else pre_tail
+                end = post_head + self._post_carry if t == last_user else post_head
                 if left and IMAGE_MARK in text:
                     pieces = text.split(IMAGE_MARK, left)
                     left -= len(pieces) - 1
                     codes.append(len(pieces) - 1)
-                    texts.append(pre_tail + pieces[0] + self._img_before)
+                    texts.append(start + pieces[0] + self._img_before)
                     for piece in pieces[1:-1]:
                         texts.append(self._img_after + piece + self._img_before)
-                    texts.append(self._img_after + pieces[-1] + post_head)
+                    texts.append(self._img_after + pieces[-1] + end)
                 else:
                     codes.append(0)
-                    texts.append(pre_tail + text + post_head)
+                    texts.append(start + text + end)
             else:
                 if role not in ASSISTANT_ROLES:
                     raise _NotNormal
@@ -366,7 +387,8 @@ class ConversationEncoder:
         return shape
 
     def _shape(self, system: str, codes: list[int], generation: bool) -> tuple:
-        blocks = [self._head(system)] + [self._user(c) if c >= 0 else self._reply_ops[c == -2] for c in codes]
+        head, whole_head, _ = self._head(system)
+        blocks = [head if codes else whole_head] + [self._user(c) if c >= 0 else self._reply_ops[c == -2] for c in codes]
         used = [0] + [max(c, 0) for c in codes]
         if generation:
             blocks.append(self._generation)
