@@ -115,7 +115,6 @@ def _shard(path, folder):
 
 
 def test_webdataset_instruction_stream_tokenises_in_the_worker(folder, model, tmp_path):
-    pytest.importorskip("webdataset")
     _shard(tmp_path / "shard.tar", folder)
     vis = load_processor("blip2_image_eval", {"image_size": 32})
 

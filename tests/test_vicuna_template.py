@@ -1,8 +1,8 @@
 """Vicuna v1.1 and MiniGPT-4 templates against their references.
 
 * vicuna_v1.1 renders FastChat's ``get_conv_template("vicuna_v1.1").get_prompt()`` (checked against
-  fastchat.conversation when installed, and against the literal strings below), and its token ids equal
-  the ids of the whole rendered string (FastChat's training tokenises the whole string): the separator
+  fastchat.conversation from the dev extra's fschat, and against the strings spelled out below), and
+  its token ids equal the ids of the whole rendered string (FastChat's training tokenises the whole string): the separator
   spaces before ``USER:`` / ``ASSISTANT:`` are tokenised with the word after them.
 * minigpt4_vicuna0 / minigpt4_llama2 give the ids MiniGPT-4's own code builds (minigpt4/models/
   minigpt_base.py: <s>, the prompt segments between images tokenised one by one, the answer + end_sym
@@ -98,8 +98,8 @@ def test_vicuna_string_is_fastchats_and_ids_are_the_whole_strings(case, vicuna_t
     assert tok.decode(sup).replace(" ", "") == "".join(r + "</s>" for r in replies).replace(" ", "")
 
 
-def test_vicuna_matches_fastchat_conversation_when_installed():
-    conversation = pytest.importorskip("fastchat.conversation")
+def test_vicuna_matches_fastchat_conversation():
+    from fastchat import conversation  # the dev extra installs fschat
     for conv in [c for c in CONVS if all(t["value"] for t in c)]:  # FastChat renders "" as a prompt end
         for generation, turns in ((False, conv), (True, conv[:-1])):
             fc = conversation.get_conv_template("vicuna_v1.1")
