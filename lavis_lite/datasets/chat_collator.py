@@ -108,7 +108,7 @@ class ChatCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         encoded = [s["encoded"] for s in samples]
-        lengths = [len(e) for e in encoded]
+        lengths = [e.ids.shape[0] for e in encoded]
         used = [e.n_images_used for e in encoded]
         if self.packing:
             rows = self.rows(lengths)

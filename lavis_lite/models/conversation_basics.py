@@ -93,7 +93,7 @@ def validate_conversation(conv, n_images: int, for_training: bool = True) -> Non
         raise ConversationError(f"{n_images} image(s) but only {marks} {IMAGE_MARK} mark(s) in the user turns")
 
 
-@dataclass
+@dataclass(slots=True)
 class Encoded:
     """One encoded sample."""
     ids: np.ndarray          # int32 [L]
