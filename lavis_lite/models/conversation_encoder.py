@@ -3,10 +3,12 @@
 One sample is laid out as ``prefix, system, (user, assistant)*`` of its template. Labels are -100
 everywhere except each assistant reply and its end-of-turn text (``eot``). Each ``<ImageHere>`` in a
 user turn (the first ``n_images`` of them) becomes the template's image wrapper around
-``num_query_token`` image ids; later marks stay text. Template text and message text between two
-control tokens / image runs are tokenised together, as the family's own ``apply_chat_template`` +
-tokenizer do, with special tokens *split*: control strings typed by a user stay text. All text
-pieces of a batch are tokenised in one call.
+``num_query_token`` image ids; later marks stay text. Template text that touches a message is
+tokenised with it, as the family's own ``apply_chat_template`` + tokenizer do (a turn's text runs
+between control tokens / image runs; where turns meet without a control token, as in Vicuna, the
+template's ``space_joins_next`` moves the separator space so the pieces give the whole string's ids),
+with special tokens *split*: control strings typed by a user stay text. All text pieces of a batch are
+tokenised in one call; the template is compiled once into ops per conversation shape (see _compile).
 
 Truncation to ``max_txt_len`` keeps whole rounds while they fit. When even the first round does not,
 its start is kept (with the supervised part of its reply that fits), cut before an image's
