@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lavis_lite.models.conversation_encoder import IGNORE_INDEX
+from lavis_lite.models.conversation_encoder import IGNORE_INDEX, joined
 from lavis_lite.models.packing import plan_rows
 
 PASS_THROUGH = ("conversations", "instance_id", "question_type")
@@ -69,8 +69,7 @@ class ChatCollator:
         mask = cols < lens
         ids = np.full(mask.shape, self.pad_token_id, dtype=np.int64)
         labels = np.full(mask.shape, IGNORE_INDEX, dtype=np.int64)
-        ids[mask] = np.concatenate([e.ids for e in encoded])
-        labels[mask] = np.concatenate([e.labels for e in encoded])
+        ids[mask], labels[mask] = joined(encoded)
         if labels.shape[1]:
             labels[:, 0] = IGNORE_INDEX  # the first token is never a target
         positions = np.subtract(cols, lens)  # padding: its own run of positions from 0
@@ -98,8 +97,7 @@ class ChatCollator:
         ids = np.full(shape, self.pad_token_id, dtype=np.int64)
         labels = np.full(shape, IGNORE_INDEX, dtype=np.int64)
         segments = np.full(shape, -1, dtype=np.int64)
-        ids.flat[dest] = np.concatenate([encoded[i].ids for i in order])
-        labels.flat[dest] = np.concatenate([encoded[i].labels for i in order])
+        ids.flat[dest], labels.flat[dest] = joined([encoded[i] for i in order])
         segments.flat[dest] = np.repeat(np.asarray(seg_of, dtype=np.int64), lens)
         labels.flat[base[lens > 0]] = IGNORE_INDEX  # never a target across a conversation boundary
         positions = np.arange(width, dtype=np.int64)[None, :] - np.asarray(row_end, dtype=np.int64)[:, None]
@@ -108,7 +106,7 @@ class ChatCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         encoded = [s["encoded"] for s in samples]
-        lengths = [e.ids.shape[0] for e in encoded]
+        lengths = [len(e) for e in encoded]
         used = [e.n_images_used for e in encoded]
         if self.packing:
             rows = self.rows(lengths)

@@ -93,17 +93,61 @@ def validate_conversation(conv, n_images: int, for_training: bool = True) -> Non
         raise ConversationError(f"{n_images} image(s) but only {marks} {IMAGE_MARK} mark(s) in the user turns")
 
 
-@dataclass(slots=True)
 class Encoded:
-    """One encoded sample."""
-    ids: np.ndarray          # int32 [L]
-    labels: np.ndarray       # int32 [L], IGNORE_INDEX where not supervised
-    n_images_used: int       # images whose placeholder runs survived truncation
-    cut_tokens: int = 0      # supervised tokens lost to truncation
-    truncated: bool = False
+    """One encoded sample: ``ids`` / ``labels`` (int32 [L], labels IGNORE_INDEX where not supervised),
+    ``n_images_used`` (images whose placeholder runs survived truncation), ``cut_tokens`` (supervised
+    tokens lost to truncation), ``truncated``. Samples encoded together are slices of one batch array
+    (``in_batch``), made on first access: the collator lays out such a batch without re-joining them."""
+    __slots__ = ("_ids", "_labels", "_batch", "_start", "_n", "n_images_used", "cut_tokens", "truncated")
+
+    def __init__(self, ids, labels, n_images_used: int, cut_tokens: int = 0, truncated: bool = False):
+        self._ids, self._labels, self._batch, self._start, self._n = ids, labels, None, 0, int(ids.shape[0])
+        self.n_images_used, self.cut_tokens, self.truncated = n_images_used, cut_tokens, truncated
+
+    @classmethod
+    def in_batch(cls, batch: tuple, start: int, n: int, n_images_used: int, cut_tokens: int = 0,
+                 truncated: bool = False) -> "Encoded":
+        """Tokens ``start:start + n`` of ``batch = (ids, labels)`` (read-only arrays shared by the batch)."""
+        self = cls.__new__(cls)
+        self._ids = self._labels = None
+        self._batch, self._start, self._n = batch, start, n
+        self.n_images_used, self.cut_tokens, self.truncated = n_images_used, cut_tokens, truncated
+        return self
+
+    @property
+    def ids(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = self._batch[0][self._start:self._start + self._n]
+        return self._ids
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = self._batch[1][self._start:self._start + self._n]
+        return self._labels
 
     def __len__(self) -> int:
-        return int(self.ids.shape[0])
+        return self._n
+
+    def __repr__(self) -> str:
+        return (f"Encoded(ids={self.ids!r}, labels={self.labels!r}, n_images_used={self.n_images_used}, "
+                f"cut_tokens={self.cut_tokens}, truncated={self.truncated})")
+
+
+def joined(samples: list[Encoded]) -> tuple[np.ndarray, np.ndarray]:
+    """The samples' ids and labels one after the other: a slice of their batch arrays when they are
+    consecutive parts of one (the first pass of a collater), else concatenated."""
+    first = samples[0]._batch if samples else None
+    if first is not None:
+        at = samples[0]._start
+        for s in samples:
+            if s._batch is not first or s._start != at:
+                break
+            at += s._n
+        else:
+            start = samples[0]._start
+            return first[0][start:at], first[1][start:at]
+    return np.concatenate([s.ids for s in samples]), np.concatenate([s.labels for s in samples])
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from lavis_lite.models.chat_templates import CONTENT, ChatTemplate, get_template
 from lavis_lite.models.conversation_basics import (  # noqa: F401 (also re-exported: the encoder's public names)
     ASSISTANT_ROLES, HUMAN_ROLES, IGNORE_INDEX, IMAGE_MARK, SYSTEM_ROLES, ChatBatch, ConversationError, Encoded,
-    count_marks, encode_plain, normalise_turns, token_id, validate_conversation)
+    count_marks, encode_plain, joined, normalise_turns, token_id, validate_conversation)
 
 logger = logging.getLogger(__name__)
 
@@ -385,9 +385,9 @@ class ConversationEncoder:
         for a, b in spans:
             labels_arr[a:b] = ids_arr[a:b]
         ids_arr.flags.writeable = labels_arr.flags.writeable = False  # cached samples share these views
-        cache = self._cache
+        cache, arrays = self._cache, (ids_arr, labels_arr)
         for s, key, offset, n, n_used, cut, truncated in meta:
-            sample = Encoded(ids_arr[offset:offset + n], labels_arr[offset:offset + n], n_used, cut, truncated)
+            sample = Encoded.in_batch(arrays, offset, n, n_used, cut, truncated)
             if key is not None and len(cache) < self.cache_size:
                 cache[key] = sample
             out[s] = sample
@@ -436,8 +436,7 @@ class ConversationEncoder:
         mask = cols < lens if padding_side == "right" else cols >= width - lens  # row-major = sample order
         input_ids = np.full(mask.shape, self.pad_token_id, dtype=np.int64)
         labels = np.full(mask.shape, IGNORE_INDEX, dtype=np.int64)
-        input_ids[mask] = np.concatenate([x.ids for x in samples])
-        labels[mask] = np.concatenate([x.labels for x in samples])
+        input_ids[mask], labels[mask] = joined(samples)
         return ChatBatch(torch.from_numpy(input_ids), torch.from_numpy(labels), torch.from_numpy(mask.astype(np.int64)),
                          lengths, [x.n_images_used for x in samples])
 
