@@ -7,7 +7,8 @@ RULES = [(r"vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.block
 
 
 def test_first_rule_matching_at_the_start_renames_the_matched_part_only():
-    assert rename_key("vision_model.encoder.layers.12.mlp.fc1.weight", RULES) == "visual_encoder.blocks.12.mlp.fc1.weight"
+    assert rename_key("vision_model.encoder.layers.12.mlp.fc1.weight", RULES) == \
+        "visual_encoder.blocks.12.mlp.fc1.weight"
     assert rename_key("vision_model.post_layernorm.bias", RULES) == "ln_vision.bias"
     assert rename_key("x.vision_model.post_layernorm.bias", RULES) is None  # only at the start
     assert rename_key("query_tokens_extra", RULES) is None  # "$" anchors the whole key
