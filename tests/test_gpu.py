@@ -155,7 +155,7 @@ def _packed_vs_unpacked(attn, mode, device, dtype):
 def test_packing_block_mask_on_device_equals_padding(device, dtype):
     """Packed rows with the 4-D block-diagonal mask through SDPA give the padded batch's loss."""
     got, want = _packed_vs_unpacked("sdpa", "mask", device, dtype)
-    assert got == pytest.approx(want, rel=1e-2 if dtype == torch.bfloat16 else 1e-5), (got, want)
+    assert got == pytest.approx(want, rel=1e-2 if dtype == torch.bfloat16 else 1e-4), (got, want)
 
 
 def test_packing_with_flash_attention_varlen_equals_padding(device):
