@@ -31,6 +31,7 @@ def test_cpu_smoke_runs_every_step_and_writes_one_json(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == f"wrote {out}"
     r = json.loads(out.read_text())
     assert r["mode"] == "cpu_smoke" and r["ok"] is True and r["errors"] == []
+    assert r["budget_s"] == 600 and r["within_budget"] is None and r["seconds"] > 0
 
     tests = r["tests"]  # every gpu-marked test collected; without CUDA each one skips, none fails
     names = {c["test"].split("[")[0] for c in tests["cases"]}
