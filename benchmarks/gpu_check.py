@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 
@@ -90,6 +91,8 @@ def read_junit(path: str) -> list[dict]:
 
 def run_tests(args, workdir: str) -> dict:
     junit = os.path.join(workdir, "gpu_tests.junit.xml")
+    if os.path.exists(junit):
+        os.remove(junit)  # never read a previous run's results
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", *args.tests.split(","),
            f"--junitxml={junit}"]
     env = _env()
@@ -235,7 +238,8 @@ def main(argv=None) -> int:
             return 2
     out = os.path.abspath(os.path.join(REPO, args.out) if not os.path.isabs(args.out) else args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    tests = run_tests(args, os.path.dirname(out))
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:  # pytest's junit XML; the JSON is the record
+        tests = run_tests(args, scratch)
     # the GPU is free for the benchmark: this process has created no CUDA context
     bench = {"runs": {}, "figures": {}, "problems": []} if args.no_bench else run_bench(args)
     result = {"check": "gpu_check", "mode": "cpu_smoke" if args.cpu_smoke else "gpu",
