@@ -33,12 +33,16 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, median, synthetic_conversations  # noqa: E402
-from _train_data import SyntheticBatches, build_disk_data, endless, loader  # noqa: E402
+from _common import emit, median  # noqa: E402
+from _train_data import SyntheticBatches, bench_conversations, build_disk_data, endless, loader  # noqa: E402
 
+# frozen / trim / lastsup / constqkv / fattn / compile: model.frozen_llm (models/frozen_llm.py); issue 9's
+# modes below keep transformers' forward (frozen=0) so their figures stay comparable.
 _FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil",
-         "attn": "sdpa", "opt": "auto"}
-_TEXT_KEYS = ("pad", "resize", "attn", "opt")
+         "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "fattn": "sdpa",
+         "compile": 0}
+_FROZEN = {"frozen": 1}
+_TEXT_KEYS = ("pad", "resize", "attn", "opt", "fattn")
 PRESETS = {
     "naive": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0},
     # naive + the published code's eager ViT / Q-Former attention and per-parameter AdamW
@@ -52,6 +56,10 @@ PRESETS = {
     # + the opt-in tensor resize (within one level of Pillow's, not identical)
     "fast_tresize": {**_FAST, "resize": "tensor"},
     "fast_group_tresize": {**_FAST, "group": 1, "resize": "tensor"},
+    # issue 22: the frozen-LLM path (every exact skip) on top of the best issue-9 modes
+    "best_uncached": {**_FAST, "group": 1, "resize": "tensor", **_FROZEN},
+    "best_uncached_exact": {**_FAST, "group": 1, **_FROZEN},
+    "best_cached": {**_FAST, "group": 1, "cache": 1, **_FROZEN},
 }
 # Peak dense bf16 tensor FLOP/s, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
@@ -102,6 +110,13 @@ def parse_args(argv=None):
     p.add_argument("--source-size", default="640x480", help="WxH of the generated JPEGs (COCO-like)")
     p.add_argument("--max-words", type=int, default=30,
                    help="longest reply in words; 30 gives ~100 text tokens per sample on average")
+    p.add_argument("--data-mix", choices=("short", "published"), default="short",
+                   help="short: 1-2 rounds, ~97 text tokens; published: shaped like the published MiniGPT4-Qwen "
+                        "recipe's benchmark data (1-3 rounds, replies of 4-40 words, ~174 LLM positions at "
+                        "max_txt_len 256, a fifth of the samples longer than 256)")
+    p.add_argument("--rounds-scale", type=float, default=1.0,
+                   help="published mix: rounds per conversation multiplied by this (longer real text)")
+    p.add_argument("--max-txt-len", type=int, default=None, help="override the size's max_txt_len")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--text-in", choices=("auto", "loader", "model"), default="auto",
                    help="disk data: conversations tokenised by the dataset's chat processor in the DataLoader "
@@ -157,6 +172,11 @@ def build_model(args):
     from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
 
     overrides = {k: v for k, v in SIZES[args.size].items() if v is not None}
+    if args.max_txt_len:
+        overrides["max_txt_len"] = args.max_txt_len
+        if "llm_config" in overrides:  # rotary table long enough for the longest row
+            overrides["llm_config"] = {**overrides["llm_config"], "max_position_embeddings":
+                                       max(overrides["llm_config"].get("max_position_embeddings", 0), args.max_txt_len)}
     if args.size == "full":
         overrides["vit_sizes"] = None
     overrides.update(freeze_vit=True, freeze_qformer=True, freeze_queries=True, freeze_proj=False,
@@ -194,6 +214,11 @@ def configure(model, mode: dict) -> None:
             warnings.simplefilter("ignore", FutureWarning)
             if getattr(llm, "is_gradient_checkpointing", False):
                 llm.gradient_checkpointing_disable()
+    from lavis_lite.models.frozen_llm import FrozenLLMOptions
+    model.frozen_llm = FrozenLLMOptions(
+        enabled=bool(mode.get("frozen", 0)), trim_trailing=bool(mode.get("trim", 1)),
+        last_layer_supervised_only=bool(mode.get("lastsup", 1)), const_text_qkv=bool(mode.get("constqkv", 1)),
+        attention=mode.get("fattn", "sdpa"), compile=bool(mode.get("compile", 0)))
     model.train()
 
 
@@ -274,7 +299,7 @@ def llm_token_stats(model, args) -> dict:
     """Sequence lengths of the benchmark's samples and LLM positions computed per sample in each layout."""
     from lavis_lite.models.packing import padding_stats
 
-    convs = synthetic_conversations(args.n_records, seed=args.seed, max_words=args.max_words)
+    convs = bench_conversations(args)
     lengths = model.preprocess(convs, [1] * len(convs)).lengths
     totals: dict = {}
     for s in range(0, len(lengths) - args.batch_size + 1, args.batch_size):
