@@ -7,7 +7,7 @@ from lavis_lite.models import frozen_llm as fl
 from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
 from tiny_helpers import mixed_conversations
 
-SWITCHES = ("trim_trailing", "last_layer_supervised_only", "const_text_qkv")
+SWITCHES = ("trim_trailing", "last_layer_supervised_only", "const_text_qkv", "image_grad_attention")
 
 
 def _model(model_type="tiny", **overrides):

@@ -14,6 +14,8 @@ rounding, tests/test_frozen_llm.py):
   about half the positions).
 * ``const_text_qkv``: in layer 0 a text position's input is a frozen word embedding, so its
   norm / q / k / v are constants: computed without autograd; only the image columns keep a graph.
+* ``image_grad_attention`` (with ``const_text_qkv``): layer 0's attention backward computes only the
+  image columns' gradients (frozen_attention.py), not every position's.
 * the shared prefix (``model.share_prefix``, shared_prefix.py) runs once per batch, as before.
 * ``compile``: the per-layer blocks through ``torch.compile`` (inductor; fuses RMSNorm, RoPE, SiLU*up
   and the residual adds), lengths padded to a multiple of ``bucket`` so compiled graphs are reused.
@@ -31,6 +33,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from lavis_lite.models.frozen_attention import image_column_attention
+
 IGNORE_INDEX = -100
 SUPPORTED = ("Qwen2Model", "Qwen3Model", "LlamaModel", "MistralModel")
 
@@ -42,6 +46,7 @@ class FrozenLLMOptions:
     trim_trailing: bool = True
     last_layer_supervised_only: bool = True
     const_text_qkv: bool = True
+    image_grad_attention: bool = True
     compile: bool = False
     bucket: int = 16
     attention: str = "sdpa"
@@ -132,11 +137,14 @@ def _math_attention(q, k, v, mask, scale):
     return torch.matmul(probs, v).view(batch, heads, steps, dim)
 
 
-def _attend_mlp(layer, h, q, k, v, mask, causal: bool, math: bool = False):
-    """Attention of queries ``q`` (rows of ``h``) over ``k``/``v``, o_proj, residual, MLP, residual."""
+def _attend_mlp(layer, h, q, k, v, mask, causal: bool, math: bool = False, span=None, key_offset: int = 0):
+    """Attention of queries ``q`` (rows of ``h``) over ``k``/``v``, o_proj, residual, MLP, residual.
+    ``span``: only these columns need gradients (frozen_attention.py)."""
     attn = layer.self_attn
     groups = q.shape[1] // k.shape[1]
-    if math:
+    if span is not None:
+        out = image_column_attention(q, k, v, mask, attn.scaling, span, key_offset)
+    elif math:
         if mask is None:  # causal, queries and keys the same columns
             steps = q.shape[2]
             mask = _causal_mask(torch.arange(steps, device=q.device), steps, q.device)[None, None]
@@ -235,13 +243,18 @@ def supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len
                 k, v = _with_prefix(prefix[i], k, v, batch)
             return _last_layer_supervised(decoder, layer, h, k, v, select, pos, cos, sin, attention_mask,
                                           prefix_len, end, right_padded, opts), targets
+        live = None
         if i == 0 and span is not None:
             q, k, v = _qkv_const_text(layer, h, cos, sin, span, qkv_fn)
+            live = span if opts.image_grad_attention and not opts.compile else None
         else:
             q, k, v = qkv_fn(layer, h, cos, sin)
         if prefix is not None:
             k, v = _with_prefix(prefix[i], k, v, batch)
-        h = block_fn(layer, h, q, k, v, mask, True, opts.attention == "math")
+        if live is not None:
+            h = _attend_mlp(layer, h, q, k, v, mask, True, span=live, key_offset=prefix_len)
+        else:
+            h = block_fn(layer, h, q, k, v, mask, True, opts.attention == "math")
     return decoder.norm(h[select]), targets
 
 
