@@ -103,7 +103,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="LLM and ViT weights")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="CUDA: LLM and ViT weights; CPU: fp32 weights and torch.autocast to this dtype")
     p.add_argument("--data", choices=("disk", "synthetic"), default="disk",
                    help="disk: PNGs decoded + transformed by the DataLoader; synthetic: random pixels in memory")
     p.add_argument("--n-records", type=int, default=256)
@@ -180,7 +181,7 @@ def build_model(args):
     if args.size == "full":
         overrides["vit_sizes"] = None
     overrides.update(freeze_vit=True, freeze_qformer=True, freeze_queries=True, freeze_proj=False,
-                     freeze_llm=True, llm_dtype=args.dtype, vit_precision=args.dtype,
+                     freeze_llm=True, llm_dtype=weight_dtype(args), vit_precision=weight_dtype(args),
                      get_lora=bool(args.lora), lora_r=8, lora_alpha=16, lora_dropout=0.0)
     if args.size == "full" and args.device.startswith("cuda"):
         torch.set_default_device(args.device)  # build the 8B parameters directly on the GPU
@@ -193,6 +194,21 @@ def build_model(args):
         if not hasattr(model, attr):
             raise RuntimeError(f"this Minigpt4Qwen has no {attr!r} switch; the packing/padding wiring is missing")
     return model
+
+
+def weight_dtype(args) -> str:
+    """CUDA: the weights in ``--dtype``; CPU: fp32 weights, ``--dtype`` bf16/fp16 by autocast (the runner's
+    ``run.amp`` on CPU)."""
+    return args.dtype if str(args.device).startswith("cuda") else "fp32"
+
+
+def autocast_context(args):
+    import contextlib
+
+    import torch
+    if str(args.device).startswith("cuda") or args.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype])
 
 
 def configure(model, mode: dict) -> None:
@@ -251,9 +267,12 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_steps(model, optimizer, batches, n_steps, device) -> tuple[float, float, int, int]:
+def train_steps(model, optimizer, batches, n_steps, device, autocast=None) -> tuple[float, float, int, int]:
     """(wall seconds, CPU seconds of this process, samples, supervised tokens) of ``n_steps`` steps."""
+    import contextlib
+
     import torch
+    autocast = autocast or contextlib.nullcontext
     samples = tokens = 0
     cuda = str(device).startswith("cuda")
     if cuda:
@@ -261,7 +280,8 @@ def train_steps(model, optimizer, batches, n_steps, device) -> tuple[float, floa
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(n_steps):
         batch = next(batches)
-        out = model(batch)
+        with autocast():
+            out = model(batch)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -401,9 +421,10 @@ def main(argv=None) -> dict:
             configure(model, mode)
             batches = sources[source_key(mode)]
             optimizer = optimizers[mode.get("opt", "auto")]
-            train_steps(model, optimizer, batches, args.warmup, args.device)
+            train_steps(model, optimizer, batches, args.warmup, args.device, lambda: autocast_context(args))
             reset_peak_memory(args.device)
-            elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device)
+            elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device,
+                                                        lambda: autocast_context(args))
             runs[name]["samples_per_s"].append(samples / elapsed)
             runs[name]["samples_per_cpu_s"].append(samples / cpu)
             runs[name]["tokens_per_s"].append(tokens / elapsed)

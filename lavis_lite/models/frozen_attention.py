@@ -48,20 +48,20 @@ class ImageColumnAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, kr, vr, out, lse, mask = ctx.saved_tensors
         scale, (a, b), off, groups = ctx.scale, ctx.span, ctx.key_offset, ctx.groups
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.contiguous().to(q.dtype)
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(kr), torch.zeros_like(vr)
         if b > a:
             delta = (grad_out * out).sum(-1, keepdim=True)  # [B, H, T, 1]
             # key columns c = off+a .. off+b: every query row
             kc, vc = kr[:, :, off + a:off + b], vr[:, :, off + a:off + b]
-            p = torch.exp(torch.matmul(q, kc.transpose(-1, -2)) * scale - lse[..., None])
+            p = torch.exp(torch.matmul(q, kc.transpose(-1, -2)).float() * scale - lse[..., None]).to(q.dtype)
             p = p.masked_fill(~mask[..., off + a:off + b], 0.0)
             dv[:, :, off + a:off + b] = torch.matmul(p.transpose(-1, -2), grad_out)
             ds = p * (torch.matmul(grad_out, vc.transpose(-1, -2)) - delta)
             dk[:, :, off + a:off + b] = torch.matmul(ds.transpose(-1, -2), q) * scale
             # query rows a .. b: every key column
             qr, gr = q[:, :, a:b], grad_out[:, :, a:b]
-            p = torch.exp(torch.matmul(qr, kr.transpose(-1, -2)) * scale - lse[:, :, a:b, None])
+            p = torch.exp(torch.matmul(qr, kr.transpose(-1, -2)).float() * scale - lse[:, :, a:b, None]).to(q.dtype)
             p = p.masked_fill(~mask[..., a:b, :], 0.0)
             ds = p * (torch.matmul(gr, vr.transpose(-1, -2)) - delta[:, :, a:b])
             dq[:, :, a:b] = torch.matmul(ds, kr) * scale
@@ -72,4 +72,7 @@ class ImageColumnAttention(torch.autograd.Function):
 
 
 def image_column_attention(q, k, v, mask, scale, span, key_offset=0):
+    kind = q.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else q.dtype
+    q, k, v = (t.to(dtype) for t in (q, k, v))  # as autocast runs SDPA (lower precision, one dtype)
     return ImageColumnAttention.apply(q, k, v, mask, scale, tuple(span), int(key_offset))
