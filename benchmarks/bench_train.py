@@ -10,7 +10,8 @@ Modes (``--modes``) are presets, or ``name:key=value+...`` starting from ``fast`
 ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1),
 prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor),
 attn (model.vision_attn_implementation sdpa|eager), opt (run.optimizer_impl auto|foreach|for_loop|fused),
-e.g. ``mine:pad=max+ckpt=0``:
+frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1),
+e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0  (the published recipe's LLM batch layout)
   published        = naive + attn=eager + opt=for_loop  (the published code's kernels too)
   fast             = pad=longest,ckpt=0,pack=0,cache=0,group=0,prefix=1,resize=pil (the defaults)
@@ -20,6 +21,10 @@ e.g. ``mine:pad=max+ckpt=0``:
   fast_group_cache = fast + length-grouped batches + cache
   fast_pack_cache  = fast + packing + cache
   fast_tresize, fast_group_tresize = fast, fast_group + resize=tensor (opt-in: within one level of Pillow)
+  best_uncached       = fast_group_tresize + frozen=1 (the frozen-LLM path, every exact skip; issue 22)
+  best_uncached_exact = fast_group + frozen=1 (exact switches only)
+  best_cached         = fast_group_cache + frozen=1
+(the issue-9 presets keep transformers' forward, frozen=0; the model's default is frozen=1)
 Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
 timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
 times; medians are reported. Prints one JSON line.
@@ -36,11 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median  # noqa: E402
 from _train_data import SyntheticBatches, bench_conversations, build_disk_data, endless, loader  # noqa: E402
 
-# frozen / trim / lastsup / constqkv / fattn / compile: model.frozen_llm (models/frozen_llm.py); issue 9's
+# frozen / trim / lastsup / constqkv / imgattn / fattn / compile: model.frozen_llm (models/frozen_llm.py); issue 9's
 # modes below keep transformers' forward (frozen=0) so their figures stay comparable.
 _FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil",
-         "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "fattn": "sdpa",
-         "compile": 0}
+         "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1,
+         "fattn": "sdpa", "compile": 0}
 _FROZEN = {"frozen": 1}
 _TEXT_KEYS = ("pad", "resize", "attn", "opt", "fattn")
 PRESETS = {
@@ -234,6 +239,7 @@ def configure(model, mode: dict) -> None:
     model.frozen_llm = FrozenLLMOptions(
         enabled=bool(mode.get("frozen", 0)), trim_trailing=bool(mode.get("trim", 1)),
         last_layer_supervised_only=bool(mode.get("lastsup", 1)), const_text_qkv=bool(mode.get("constqkv", 1)),
+        image_grad_attention=bool(mode.get("imgattn", 1)),
         attention=mode.get("fattn", "sdpa"), compile=bool(mode.get("compile", 0)))
     model.train()
 
