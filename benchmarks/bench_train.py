@@ -41,11 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median  # noqa: E402
 from _train_data import SyntheticBatches, bench_conversations, build_disk_data, endless, loader  # noqa: E402
 
-# frozen / trim / lastsup / constqkv / imgattn / fattn / compile: model.frozen_llm (models/frozen_llm.py); issue 9's
+# frozen / trim / lastsup / constqkv / imgattn / fattn: model.frozen_llm (models/frozen_llm.py); issue 9's
 # modes below keep transformers' forward (frozen=0) so their figures stay comparable.
 _FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil",
          "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1,
-         "fattn": "sdpa", "compile": 0}
+         "fattn": "sdpa"}
 _FROZEN = {"frozen": 1}
 _TEXT_KEYS = ("pad", "resize", "attn", "opt", "fattn")
 PRESETS = {
@@ -240,7 +240,7 @@ def configure(model, mode: dict) -> None:
         enabled=bool(mode.get("frozen", 0)), trim_trailing=bool(mode.get("trim", 1)),
         last_layer_supervised_only=bool(mode.get("lastsup", 1)), const_text_qkv=bool(mode.get("constqkv", 1)),
         image_grad_attention=bool(mode.get("imgattn", 1)),
-        attention=mode.get("fattn", "sdpa"), compile=bool(mode.get("compile", 0)))
+        attention=mode.get("fattn", "sdpa"))
     model.train()
 
 

@@ -62,7 +62,7 @@ def test_bench_train(capsys):
     assert f["naive"]["speedup_vs_naive"] == 1.0
     assert r["config"]["modes"]["naive"] == {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0,
                                              "prefix": 0, "resize": "pil", "attn": "sdpa", "opt": "auto",
-                                             "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa", "compile": 0}
+                                             "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
     assert r["config"]["modes"]["fast_group_tresize"]["resize"] == "tensor"
     t = f["llm_tokens"]
     assert t["packed"] <= t["pad_to_longest"] <= t["pad_to_max"] and t["real_tokens"] <= t["packed"]
@@ -140,7 +140,7 @@ def test_bench_train_rejects_unknown_mode_key():
         sys.path.remove(BENCH_DIR)
     assert module.parse_modes("naive,mine:pad=max+pack=0+resize=tensor")["mine"] == {
         "pad": "max", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "tensor",
-        "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa", "compile": 0}
+        "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
     assert module.parse_modes("published")["published"]["attn"] == "eager"
     assert module.parse_modes("published")["published"]["frozen"] == 0  # the original recipe's forward
     assert module.parse_modes("best_cached")["best_cached"]["frozen"] == 1

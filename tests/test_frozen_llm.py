@@ -59,7 +59,8 @@ def test_each_switch_gives_the_plain_loss_and_gradient(monkeypatch, model_type, 
     ref = _loss_and_grad(model, samples, enabled=False)
     assert calls == []
     assert float(ref[1].abs().max()) > 0  # the gradient reaches llm_proj through the image positions
-    combos = [{}] + [{s: False for s in SWITCHES}] + [{s: False for s in SWITCHES if s != on} for on in SWITCHES]
+    combos = [{}, {"attention": "math"}] + [{s: False for s in SWITCHES}] + \
+        [{s: False for s in SWITCHES if s != on} for on in SWITCHES]
     for combo in combos:
         _assert_same(ref, _loss_and_grad(model, samples, **combo))
     assert len(calls) == len(combos)

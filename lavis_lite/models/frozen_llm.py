@@ -17,9 +17,8 @@ rounding, tests/test_frozen_llm.py):
 * ``image_grad_attention`` (with ``const_text_qkv``): layer 0's attention backward computes only the
   image columns' gradients (frozen_attention.py), not every position's.
 * the shared prefix (``model.share_prefix``, shared_prefix.py) runs once per batch, as before.
-* ``compile``: the per-layer blocks through ``torch.compile`` (inductor; fuses RMSNorm, RoPE, SiLU*up
-  and the residual adds), lengths padded to a multiple of ``bucket`` so compiled graphs are reused.
-  Not bit-identical (fused kernels round differently), within 1e-5 of the eager path.
+* ``attention: math`` computes attention as explicit matrix products instead of the fused SDPA kernel
+  (measured slower on CPU at these lengths; kept for comparison).
 
 Right-padded rows (the ChatCollator's layout) use a causal mask only: a real position never sees a
 later one, so padding is invisible to it. Used only when :func:`unsupported_reason` returns None:
@@ -47,8 +46,6 @@ class FrozenLLMOptions:
     last_layer_supervised_only: bool = True
     const_text_qkv: bool = True
     image_grad_attention: bool = True
-    compile: bool = False
-    bucket: int = 16
     attention: str = "sdpa"
 
     @classmethod
@@ -65,8 +62,6 @@ class FrozenLLMOptions:
         opts = cls(**cfg)
         if opts.attention not in ("math", "sdpa"):
             raise ValueError(f"model.frozen_llm.attention must be 'math' or 'sdpa', got {opts.attention!r}")
-        if opts.bucket < 1:
-            raise ValueError(f"model.frozen_llm.bucket must be >= 1, got {opts.bucket}")
         return opts
 
 
@@ -90,7 +85,7 @@ def unsupported_reason(llm, decoder) -> str | None:
     return None
 
 
-# ---- blocks (plain functions of tensors and modules, so torch.compile can fuse them) ----------------
+# ---- blocks: the decoder layer's own modules, called piecewise ---------------------------------------
 def _rope(x, cos, sin):
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -158,17 +153,6 @@ def _attend_mlp(layer, h, q, k, v, mask, causal: bool, math: bool = False, span=
     return h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
 
 
-_COMPILED: dict = {}
-
-
-def _maybe_compiled(fn, compile_: bool):
-    if not compile_:
-        return fn
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn]
-
-
 # ---- the forward ----------------------------------------------------------------------------------
 def _prefix_kv(decoder, prefix_embeds, opts):
     """Keys and values of every layer for the shared prefix (one row, no autograd)."""
@@ -208,8 +192,6 @@ def supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len
         cols = select.any(0).nonzero()
         end = int(cols[-1]) + 1 if len(cols) else 1
     end = max(end, prefix_len + 1)
-    if opts.compile and opts.bucket > 1:  # padded columns sit after every scored one: causally invisible
-        end = min(-(-(end - prefix_len) // opts.bucket) * opts.bucket + prefix_len, length)
     select = F.pad(select, (0, 1), value=False)[:, prefix_len:end]  # [B, T] over the computed columns
     targets = F.pad(targets_all, (0, 1), value=IGNORE_INDEX)[:, prefix_len:end][select]
     right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
@@ -226,8 +208,6 @@ def supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len
         mask = _causal_mask(pos, n_keys, device)[None, None]  # [1, 1, T, K]
         if not right_padded:
             mask = mask & attention_mask[:, None, None, :end].bool()
-    qkv_fn, kv_fn, q_fn = (_maybe_compiled(f, opts.compile) for f in (_qkv, _kv, _q))
-    block_fn = _maybe_compiled(_attend_mlp, opts.compile)
 
     span = None  # layer-0 columns (relative to prefix_len) whose inputs carry a gradient
     if opts.const_text_qkv and grad_cols is not None and torch.is_grad_enabled() and h.requires_grad:
@@ -238,23 +218,23 @@ def supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len
     last = len(layers) - 1
     for i, layer in enumerate(layers):
         if i == last and opts.last_layer_supervised_only:
-            k, v = kv_fn(layer, h, cos, sin)
+            k, v = _kv(layer, h, cos, sin)
             if prefix is not None:
                 k, v = _with_prefix(prefix[i], k, v, batch)
             return _last_layer_supervised(decoder, layer, h, k, v, select, pos, cos, sin, attention_mask,
                                           prefix_len, end, right_padded, opts), targets
         live = None
         if i == 0 and span is not None:
-            q, k, v = _qkv_const_text(layer, h, cos, sin, span, qkv_fn)
-            live = span if opts.image_grad_attention and not opts.compile else None
+            q, k, v = _qkv_const_text(layer, h, cos, sin, span)
+            live = span if opts.image_grad_attention else None
         else:
-            q, k, v = qkv_fn(layer, h, cos, sin)
+            q, k, v = _qkv(layer, h, cos, sin)
         if prefix is not None:
             k, v = _with_prefix(prefix[i], k, v, batch)
         if live is not None:
             h = _attend_mlp(layer, h, q, k, v, mask, True, span=live, key_offset=prefix_len)
         else:
-            h = block_fn(layer, h, q, k, v, mask, True, opts.attention == "math")
+            h = _attend_mlp(layer, h, q, k, v, mask, True, opts.attention == "math")
     return decoder.norm(h[select]), targets
 
 
@@ -264,14 +244,14 @@ def _with_prefix(prefix_kv, k, v, batch):
             torch.cat((pv.expand(batch, -1, -1, -1), v), dim=2))
 
 
-def _qkv_const_text(layer, h, cos, sin, span, qkv_fn):
+def _qkv_const_text(layer, h, cos, sin, span):
     """Layer-0 q/k/v: the text columns without autograd (constants), columns ``span`` with it."""
     a, b = span
     with torch.no_grad():
-        const = qkv_fn(layer, h.detach(), cos, sin)
+        const = _qkv(layer, h.detach(), cos, sin)
     if a == b:
         return const
-    live = qkv_fn(layer, h[:, a:b], cos[:, :, a:b], sin[:, :, a:b])
+    live = _qkv(layer, h[:, a:b], cos[:, :, a:b], sin[:, :, a:b])
     return tuple(torch.cat((c[:, :, :a], x, c[:, :, b:]), dim=2) for c, x in zip(const, live))
 
 
@@ -287,9 +267,9 @@ def _last_layer_supervised(decoder, layer, h, k, v, select, pos, cos, sin, atten
     hq = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
     q_cos = cos[0, 0][idx][:, None]  # [B, 1, W, d]
     q_sin = sin[0, 0][idx][:, None]
-    q = _maybe_compiled(_q, opts.compile)(layer, hq, q_cos, q_sin)
+    q = _q(layer, hq, q_cos, q_sin)
     mask = _causal_mask(pos[idx], k.shape[2], h.device)[:, None]  # [B, 1, W, K]
     if not right_padded:
         mask = mask & attention_mask[:, None, None, :end].bool()
-    out = _maybe_compiled(_attend_mlp, opts.compile)(layer, hq, q, k, v, mask, False, opts.attention == "math")
+    out = _attend_mlp(layer, hq, q, k, v, mask, False, opts.attention == "math")
     return decoder.norm(out[valid])
