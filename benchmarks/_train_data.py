@@ -53,14 +53,25 @@ def build_disk_data(args, model, workdir, resize_backends=("pil",)):
     return datasets, time.perf_counter() - start
 
 
-def loader(dataset, args, group: bool = False, epoch: int = 0):
-    """The training DataLoader; ``group``: the project's LengthGroupedSampler on estimated lengths."""
+def group_lengths(args, model, convs) -> list[int] | None:
+    """Lengths the length-grouped sampler sorts by: ``--group-lengths true`` (what train.py uses when the
+    dataset tokenises: every record's real token count, runner_base._sample_lengths) or ``estimate``
+    (characters / 4 + per-turn constants: issue 9's figures)."""
+    if getattr(args, "group_lengths", "true") != "true":
+        return None
+    return list(model.preprocess(convs, [1] * len(convs)).lengths)
+
+
+def loader(dataset, args, group: bool = False, epoch: int = 0, lengths=None):
+    """The training DataLoader; ``group``: the project's LengthGroupedSampler on ``lengths`` (default:
+    estimated lengths)."""
     from torch.utils.data import DataLoader
 
     sampler = None
     if group:
         from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
-        lengths = estimate_lengths(dataset.annotation, num_query_token=32)
+        if lengths is None:
+            lengths = estimate_lengths(dataset.annotation, num_query_token=32)
         sampler = LengthGroupedSampler(lengths, args.batch_size, num_replicas=1, rank=0, seed=args.seed,
                                        drop_last=True)
         sampler.set_epoch(epoch)
@@ -77,7 +88,8 @@ class SyntheticBatches:
         self.convs = bench_conversations(args, max(args.n_records, args.batch_size))
         if group:  # the length-grouped sampler's order (one mega-batch here)
             from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
-            lengths = estimate_lengths([{"conversations": c, "images": ["x"]} for c in self.convs])
+            lengths = group_lengths(args, model, self.convs) or \
+                estimate_lengths([{"conversations": c, "images": ["x"]} for c in self.convs])
             order = list(LengthGroupedSampler(lengths, args.batch_size, 1, 0, seed=args.seed, drop_last=True))
             self.convs = [self.convs[i] for i in order]
         self.batch_size, self.cached, self.model = args.batch_size, cached, model

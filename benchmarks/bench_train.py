@@ -39,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median  # noqa: E402
-from _train_data import SyntheticBatches, bench_conversations, build_disk_data, endless, loader  # noqa: E402
+from _train_data import SyntheticBatches, bench_conversations, build_disk_data, endless, group_lengths, loader  # noqa: E402
 
 # frozen / trim / lastsup / constqkv / imgattn / fattn: model.frozen_llm (models/frozen_llm.py); issue 9's
 # modes below keep transformers' forward (frozen=0) so their figures stay comparable.
@@ -123,6 +123,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds-scale", type=float, default=1.0,
                    help="published mix: rounds per conversation multiplied by this (longer real text)")
     p.add_argument("--max-txt-len", type=int, default=None, help="override the size's max_txt_len")
+    p.add_argument("--group-lengths", choices=("true", "estimate"), default="true",
+                   help="length-grouped modes sort by the records' true token lengths (what train.py does when the "
+                        "dataset tokenises) or by the character estimate (issue 9's figures)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--text-in", choices=("auto", "loader", "model"), default="auto",
                    help="disk data: conversations tokenised by the dataset's chat processor in the DataLoader "
@@ -334,7 +337,8 @@ def llm_token_stats(model, args) -> dict:
     n = (len(lengths) // args.batch_size) * args.batch_size
     out = {k: round(v / n, 1) for k, v in totals.items() if k != "packed_rows"}
     from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
-    est = estimate_lengths([{"conversations": c, "images": ["x"]} for c in convs], num_query_token=model.num_query_token)
+    est = group_lengths(args, model, convs) or \
+        estimate_lengths([{"conversations": c, "images": ["x"]} for c in convs], num_query_token=model.num_query_token)
     order = list(LengthGroupedSampler(est, args.batch_size, 1, 0, seed=args.seed, drop_last=True))
     grouped = [max(lengths[i] for i in order[s:s + args.batch_size]) * args.batch_size
                for s in range(0, len(order), args.batch_size)]
@@ -405,7 +409,9 @@ def main(argv=None) -> dict:
     if args.data == "disk":
         datasets, cache_build_s = build_disk_data(args, model, workdir.name,
                                                   resize_backends={r for _, _, r in keys})
-        sources = {(c, g, r): endless(lambda e, c=c, g=g, r=r: loader(datasets["cache" if c else r], args, bool(g), e))
+        lengths = group_lengths(args, model, bench_conversations(args)) if any(g for _, g, _ in keys) else None
+        sources = {(c, g, r): endless(lambda e, c=c, g=g, r=r: loader(datasets["cache" if c else r], args, bool(g), e,
+                                                                      lengths))
                    for c, g, r in keys}
     else:
         sources = {(c, g, r): iter(SyntheticBatches(model, args, bool(c), bool(g))) for c, g, r in keys}
