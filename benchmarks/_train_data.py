@@ -59,7 +59,11 @@ def group_lengths(args, model, convs) -> list[int] | None:
     (characters / 4 + per-turn constants: issue 9's figures)."""
     if getattr(args, "group_lengths", "true") != "true":
         return None
-    return list(model.preprocess(convs, [1] * len(convs)).lengths)
+    encoder = model.chatml
+    cached = dict(encoder._cache)
+    lengths = list(model.preprocess(convs, [1] * len(convs)).lengths)
+    encoder._cache = cached  # leave the training process's text cache as the measured modes would find it
+    return lengths
 
 
 def loader(dataset, args, group: bool = False, epoch: int = 0, lengths=None):
