@@ -26,8 +26,10 @@ def _additive(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
 
 class ImageColumnAttention(torch.autograd.Function):
     """softmax(q k^T * scale + mask) v; gradients only for query rows ``span`` and key columns
-    ``span + key_offset`` (q [B, H, T, d], k / v [B, Hkv, K, d], mask bool broadcastable to [B, 1, T, K]
-    or None for causal with K == T)."""
+    ``span + key_offset`` (q [B, H, T, d], k / v [B, Hkv, K, d]; query t sits at key position
+    ``key_offset + t``; mask bool broadcastable to [B, 1, T, K], causal (optionally with key padding), or
+    None for plain causal with K == T). The backward relies on causality: rows before the span see no
+    span key, span rows see no key after the span."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale, span, key_offset):
@@ -49,25 +51,35 @@ class ImageColumnAttention(torch.autograd.Function):
         q, kr, vr, out, lse, mask = ctx.saved_tensors
         scale, (a, b), off, groups = ctx.scale, ctx.span, ctx.key_offset, ctx.groups
         grad_out = grad_out.contiguous().to(q.dtype)
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(kr), torch.zeros_like(vr)
+        batch, heads, steps, dim = q.shape
+        dq = q.new_zeros(q.shape)
+        dk_c = dv_c = None
         if b > a:
-            delta = (grad_out * out).sum(-1, keepdim=True)  # [B, H, T, 1]
-            # key columns c = off+a .. off+b: every query row
+            # causal: queries before the image rows see no image key, image rows see no key after them
+            qa, ga, oa, lse_a = q[:, :, a:], grad_out[:, :, a:], out[:, :, a:], lse[:, :, a:, None]
+            delta = (ga * oa).sum(-1, keepdim=True)  # [B, H, T-a, 1]
             kc, vc = kr[:, :, off + a:off + b], vr[:, :, off + a:off + b]
-            p = torch.exp(torch.matmul(q, kc.transpose(-1, -2)).float() * scale - lse[..., None]).to(q.dtype)
-            p = p.masked_fill(~mask[..., off + a:off + b], 0.0)
-            dv[:, :, off + a:off + b] = torch.matmul(p.transpose(-1, -2), grad_out)
-            ds = p * (torch.matmul(grad_out, vc.transpose(-1, -2)) - delta)
-            dk[:, :, off + a:off + b] = torch.matmul(ds.transpose(-1, -2), q) * scale
-            # query rows a .. b: every key column
-            qr, gr = q[:, :, a:b], grad_out[:, :, a:b]
-            p = torch.exp(torch.matmul(qr, kr.transpose(-1, -2)).float() * scale - lse[:, :, a:b, None]).to(q.dtype)
-            p = p.masked_fill(~mask[..., a:b, :], 0.0)
-            ds = p * (torch.matmul(gr, vr.transpose(-1, -2)) - delta[:, :, a:b])
-            dq[:, :, a:b] = torch.matmul(ds, kr) * scale
-        if groups > 1:  # sum the query heads sharing a key/value head
-            dk = dk.unflatten(1, (-1, groups)).sum(2)
-            dv = dv.unflatten(1, (-1, groups)).sum(2)
+            # image key columns, query rows a..T
+            p = torch.exp(torch.matmul(qa, kc.transpose(-1, -2)).float() * scale - lse_a).to(q.dtype)
+            p = p.masked_fill(~mask[..., a:, off + a:off + b], 0.0)
+            dv_c = torch.matmul(p.transpose(-1, -2), ga)
+            ds = p * (torch.matmul(ga, vc.transpose(-1, -2)) - delta)
+            dk_c = torch.matmul(ds.transpose(-1, -2), qa) * scale
+            # image query rows a..b, key columns 0..off+b
+            n = b - a
+            kk, vv = kr[:, :, :off + b], vr[:, :, :off + b]
+            p = torch.exp(torch.matmul(qa[:, :, :n], kk.transpose(-1, -2)).float() * scale - lse_a[:, :, :n]).to(q.dtype)
+            p = p.masked_fill(~mask[..., a:b, :off + b], 0.0)
+            ds = p * (torch.matmul(ga[:, :, :n], vv.transpose(-1, -2)) - delta[:, :, :n])
+            dq[:, :, a:b] = torch.matmul(ds, kk) * scale
+            if groups > 1:  # sum the query heads sharing a key/value head
+                dk_c = dk_c.unflatten(1, (-1, groups)).sum(2)
+                dv_c = dv_c.unflatten(1, (-1, groups)).sum(2)
+        kv_shape = (batch, heads // groups, kr.shape[2], dim)
+        dk, dv = q.new_zeros(kv_shape), q.new_zeros(kv_shape)
+        if dk_c is not None:
+            dk[:, :, off + a:off + b] = dk_c
+            dv[:, :, off + a:off + b] = dv_c
         return dq, dk, dv, None, None, None, None
 
 
