@@ -257,19 +257,30 @@ def _qkv_const_text(layer, h, cos, sin, span):
 
 def _last_layer_supervised(decoder, layer, h, k, v, select, pos, cos, sin, attention_mask, prefix_len, end,
                            right_padded, opts):
-    """The last layer at the scored positions only: their queries over every key, o_proj, MLP, norm."""
+    """The last layer at the scored positions only: their queries over every key, o_proj, MLP, norm.
+    Per-position work runs on the flat [N, D] scored set; only attention sees them as a per-row block
+    [B, W] (W = most scored positions in a row), padded with column 0 and dropped again."""
     counts = select.sum(1)
     width = max(int(counts.max()), 1)
-    # positions of each row's scored columns, in order, padded with column 0 (dropped at the end)
     order = torch.sort((~select).to(torch.int8), dim=1, stable=True).indices[:, :width]
     valid = torch.arange(width, device=h.device)[None] < counts[:, None]
-    idx = torch.where(valid, order, torch.zeros_like(order))
-    hq = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
-    q_cos = cos[0, 0][idx][:, None]  # [B, 1, W, d]
-    q_sin = sin[0, 0][idx][:, None]
-    q = _q(layer, hq, q_cos, q_sin)
+    idx = torch.where(valid, order, torch.zeros_like(order))  # [B, W] column of each scored position
+    cols = idx[valid]  # [N], row-major like h[select]
+    hq = h[select]  # [N, D]
+    attn = layer.self_attn
+    q = _q(layer, hq[None], cos[:, :, cols], sin[:, :, cols])[0].transpose(0, 1)  # [N, H, d]
+    block = q.new_zeros(*idx.shape, *q.shape[1:])
+    block[valid] = q
     mask = _causal_mask(pos[idx], k.shape[2], h.device)[:, None]  # [B, 1, W, K]
     if not right_padded:
         mask = mask & attention_mask[:, None, None, :end].bool()
-    out = _attend_mlp(layer, hq, q, k, v, mask, False, opts.attention == "math")
-    return decoder.norm(out[valid])
+    block = block.transpose(1, 2)  # [B, H, W, d]
+    if opts.attention == "math":
+        out = _math_attention(block, k, v, mask, attn.scaling)
+    else:
+        out = F.scaled_dot_product_attention(block, k, v, attn_mask=mask, scale=attn.scaling,
+                                             enable_gqa=block.shape[1] > k.shape[1])
+    out = hq + attn.o_proj(out.transpose(1, 2)[valid].flatten(1))  # [N, D]
+    mlp = layer.mlp
+    x = layer.post_attention_layernorm(out)
+    return decoder.norm(out + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)))
