@@ -34,6 +34,32 @@ def _isolate_distributed_state(request):
             os.environ[k] = v
 
 
+# ---- fixtures shared by several test files --------------------------------------------------------
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch):
+    """An empty LAVIS_LITE_CACHE_ROOT under tmp_path (where data sets' relative storage resolves)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
+def result_dir(tmp_path):
+    """The registry's ``result_dir`` pointed at tmp_path/result for one test, then restored."""
+    from lavis_lite.common.registry import registry
+
+    out = tmp_path / "result"
+    out.mkdir()
+    old = registry.paths.get("result_dir")
+    registry.register_path("result_dir", str(out))
+    yield out
+    if old is None:
+        registry.paths.pop("result_dir", None)
+    else:
+        registry.register_path("result_dir", old)
+
+
 # ---- CI: a green run means every required test ran -----------------------------------------------
 # With CI=true a skipped test is an error, except tests marked ``gpu`` (need CUDA, which CI lacks) or
 # ``may_skip`` (a skip that depends on the data, not on the machine; say why next to the marker).

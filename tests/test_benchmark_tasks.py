@@ -7,7 +7,6 @@ import io
 import json
 import os
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from lavis_lite.tasks.metrics.scienceqa_eval import scienceqa_scores
 
 sys.path.insert(0, os.path.dirname(__file__))
 import benchmark_fixtures as bf  # noqa: E402
+from tiny_helpers import make_cfg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,23 +33,6 @@ def build(name, storage, images=None, **extra):
     if images:
         cfg["build_info"]["images"] = {"storage": images}
     return registry.get_builder_class(name)(OmegaConf.create(cfg)).build_datasets()["test"]
-
-
-def make_cfg(**run):
-    return SimpleNamespace(run_cfg=OmegaConf.create({"progress_bar": False, **run}))
-
-
-@pytest.fixture
-def result_dir(tmp_path):
-    out = tmp_path / "result"
-    out.mkdir()
-    old = registry.paths.get("result_dir")
-    registry.register_path("result_dir", str(out))
-    yield out
-    if old is None:
-        registry.paths.pop("result_dir", None)
-    else:
-        registry.register_path("result_dir", old)
 
 
 # ---- datasets from the released layouts ---------------------------------------------------------

@@ -18,14 +18,6 @@ NAMES = ["minigpt4_instruction", "llava_instruction", "llava_pretrain", "coco_ca
          "instruction", "caption", "vqa", "wds_instruction", "wds_image_text"]
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    root.mkdir()
-    monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(root))
-    return root
-
-
 def _dump(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
@@ -70,30 +62,30 @@ def test_one_parameterised_builder_class():
         cap.default_config_path("nope")
 
 
-def test_default_config_with_cache_root(cache):
-    _coco_layout(cache)
+def test_default_config_with_cache_root(cache_root):
+    _coco_layout(cache_root)
     builder = registry.get_builder_class("coco_caption")()  # cfg None -> default YAML
     assert builder.config.build_info.annotations.train.storage == "coco/annotations/coco_karpathy_train.json"
     datasets = builder.build_datasets()
     assert set(datasets) == {"train", "val", "test"}
     train, val = datasets["train"], datasets["val"]
-    assert train.ann_paths == [str(cache / "coco" / "annotations" / "coco_karpathy_train.json")]
-    assert train.vis_root == str(cache / "coco" / "images")
+    assert train.ann_paths == [str(cache_root / "coco" / "annotations" / "coco_karpathy_train.json")]
+    assert train.vis_root == str(cache_root / "coco" / "images")
     s = train[0]
     assert s["image"].shape == (3, 224, 224) and s["text_input"] == "a dark square"
     assert [train[i]["image_id"] for i in range(3)] == [0, 0, 1]
     assert val[0]["image_id"] == 2
-    assert val.gt_path == str(cache / "coco" / "annotations" / "coco_karpathy_val_gt.json")
+    assert val.gt_path == str(cache_root / "coco" / "annotations" / "coco_karpathy_val_gt.json")
     assert type(builder.vis_processors["train"]).__name__ == "BlipImageTrainProcessor"
     assert type(builder.vis_processors["eval"]).__name__ == "BlipImageEvalProcessor"
 
 
-def test_relative_storage_under_cache_root(cache, tmp_path):
-    assert resolve_storage("a/b.json") == str(cache / "a" / "b.json")
+def test_relative_storage_under_cache_root(cache_root, tmp_path):
+    assert resolve_storage("a/b.json") == str(cache_root / "a" / "b.json")
     assert resolve_storage(str(tmp_path / "x.json")) == str(tmp_path / "x.json")
 
 
-def test_overridden_config_fetches_with_md5(cache, tmp_path):
+def test_overridden_config_fetches_with_md5(cache_root, tmp_path):
     src = _dump(tmp_path / "remote" / "train.json", [{"image": "a.png", "instruction": "q", "output": "a"}])
     Image.new("RGB", (6, 6)).save(tmp_path / "a.png")
     md5 = hashlib.md5(src.read_bytes()).hexdigest()
@@ -102,14 +94,14 @@ def test_overridden_config_fetches_with_md5(cache, tmp_path):
                        "images": {"storage": str(tmp_path)}},
         "vis_processor": {"train": {"name": "blip2_image_eval", "image_size": 16}}})
     datasets = registry.get_builder_class("instruction")(cfg).build_datasets()
-    stored = cache / "mine" / "train.json"
+    stored = cache_root / "mine" / "train.json"
     assert stored.read_bytes() == src.read_bytes()  # fetched into cache_root
     assert datasets["train"][0]["image"].shape == (1, 3, 16, 16)
     # the eval processor falls back to a deterministic resize of the train size
     assert datasets["train"].vis_processor.image_size == 16
 
 
-def test_md5_mismatch(cache, tmp_path):
+def test_md5_mismatch(cache_root, tmp_path):
     src = _dump(tmp_path / "train.json", [{"instruction": "q", "output": "a"}])
     cfg = OmegaConf.merge(registry.get_builder_class("instruction").default_config(), {
         "build_info": {"annotations": {"train": {"url": src.as_uri(), "storage": "m/train.json", "md5": "0" * 32}}}})
@@ -121,7 +113,7 @@ def test_md5_mismatch(cache, tmp_path):
         registry.get_builder_class("instruction")(cfg).build_datasets()
 
 
-def test_missing_annotation_without_url(cache):
+def test_missing_annotation_without_url(cache_root):
     with pytest.raises(FileNotFoundError, match=r"coco_karpathy_train\.json does not exist"):
         # default URLs stripped: nothing may be downloaded in tests
         cfg = registry.get_builder_class("coco_caption").default_config()
@@ -130,12 +122,12 @@ def test_missing_annotation_without_url(cache):
         registry.get_builder_class("coco_caption")(cfg).build_datasets()
 
 
-def test_generic_builder_needs_paths_from_run_yaml(cache):
+def test_generic_builder_needs_paths_from_run_yaml(cache_root):
     with pytest.raises(ConfigError, match="run YAML"):
         registry.get_builder_class("instruction")().build_datasets()
 
 
-def test_load_dataset_with_cfg_and_vis_path(cache, tmp_path):
+def test_load_dataset_with_cfg_and_vis_path(cache_root, tmp_path):
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     Image.new("RGB", (6, 6), (0, 0, 255)).save(imgs / "b.png")
@@ -150,40 +142,40 @@ def test_load_dataset_with_cfg_and_vis_path(cache, tmp_path):
     assert batch["image"].shape == (1, 3, 224, 224) and batch["conversations"][0][1]["value"] == "blue"
 
 
-def test_config_layering_uses_builder_default(cache, tmp_path):
+def test_config_layering_uses_builder_default(cache_root, tmp_path):
     run_yaml = OmegaConf.create({"datasets": {"my_data": {"builder": "coco_caption", "on_error": "skip",
                                                           "vis_processor": {"train": {"image_size": 32}}}}})
     merged = Config.build_dataset_config(run_yaml, None, "run.yaml").datasets.my_data
     assert merged.builder == "coco_caption" and merged.on_error == "skip"
     assert merged.vis_processor.train.name == "blip2_image_train" and merged.vis_processor.train.image_size == 32
     assert merged.build_info.images.storage == "coco/images/"
-    _coco_layout(cache)
+    _coco_layout(cache_root)
     ds = registry.get_builder_class(merged.builder)(merged).build_datasets()
     assert ds["train"].policy.on_error == "skip"
     assert ds["train"][0]["image"].shape == (3, 32, 32)
 
 
-def test_unknown_split_rejected(cache, tmp_path):
+def test_unknown_split_rejected(cache_root, tmp_path):
     cfg = OmegaConf.merge(registry.get_builder_class("vqa").default_config(),
                           {"build_info": {"annotations": {"dev": {"storage": "x.json"}}}})
     with pytest.raises(ConfigError, match="unknown split"):
         registry.get_builder_class("vqa")(cfg).build_datasets()
 
 
-def test_batches_feed_a_dataloader(cache):
-    _coco_layout(cache)
+def test_batches_feed_a_dataloader(cache_root):
+    _coco_layout(cache_root)
     train = load_dataset("coco_caption")["train"]
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=3, collate_fn=train.collater)))
     assert batch["image"].shape == (3, 3, 224, 224) and batch["image_id"].tolist() == [0, 0, 1]
 
 
-def test_builders_and_datasets_pickle(cache):
+def test_builders_and_datasets_pickle(cache_root):
     """DataLoader workers under spawn pickle the dataset; builder classes resolve by qualified name."""
     import pickle
     for name in NAMES:
         cls = registry.get_builder_class(name)
         assert pickle.loads(pickle.dumps(cls)) is cls
-    _coco_layout(cache)
+    _coco_layout(cache_root)
     train = load_dataset("coco_caption")["train"]
     clone = pickle.loads(pickle.dumps(train))
     assert torch.equal(clone[0]["image"], train[0]["image"]) and clone[0]["image_id"] == 0
@@ -224,9 +216,9 @@ def test_two_ranks_fetch_once_and_agree(tmp_path):
     assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text() == "5"
 
 
-def test_gt_path_on_any_split(cache, tmp_path):
+def test_gt_path_on_any_split(cache_root, tmp_path):
     ann = _dump(tmp_path / "val.json", [{"instruction": "q", "output": "a"}])
     cfg = OmegaConf.merge(registry.get_builder_class("instruction").default_config(), {
         "build_info": {"annotations": {"val": {"storage": str(ann), "gt": "gt/val_gt.json"}}}})
     ds = registry.get_builder_class("instruction")(cfg).build_datasets()["val"]
-    assert ds.gt_path == str(cache / "gt" / "val_gt.json")
+    assert ds.gt_path == str(cache_root / "gt" / "val_gt.json")

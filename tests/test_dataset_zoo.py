@@ -15,14 +15,6 @@ ZOO = ["coco_retrieval", "flickr30k", "nocaps", "ok_vqa", "aok_vqa", "gqa", "vg_
        "conceptual_caption_3m", "conceptual_caption_12m", "laion400M", "snli_ve", "imagenet"]
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    root.mkdir()
-    monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(root))
-    return root
-
-
 def _load(name, tmp_path):
     """load_dataset(name); coco_retrieval's LAVIS md5 sums are lifted (the stand-ins are not LAVIS's files)."""
     if name != "coco_retrieval":
@@ -58,8 +50,8 @@ def test_lavis_urls_and_md5s_in_default_yamls():
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_load_dataset_over_real_layout(name, cache, tmp_path):
-    splits = make_layout(name, cache)
+def test_load_dataset_over_real_layout(name, cache_root, tmp_path):
+    splits = make_layout(name, cache_root)
     out = _load(name, tmp_path)
     assert set(out) == set(splits)
     for split, ds in out.items():
@@ -168,32 +160,32 @@ CHECKS = {"coco_retrieval": _retrieval, "flickr30k": _retrieval, "nocaps": _noca
           "conceptual_caption_12m": _caption_pairs, "laion400M": _laion, "snli_ve": _snli_ve, "imagenet": _imagenet}
 
 
-def test_coco_retrieval_checks_lavis_md5(cache):
-    make_layout("coco_retrieval", cache)
+def test_coco_retrieval_checks_lavis_md5(cache_root):
+    make_layout("coco_retrieval", cache_root)
     with pytest.raises(ValueError, match=r"md5 mismatch for .*coco_karpathy_train\.json"):
         load_dataset("coco_retrieval")
 
 
-def test_missing_annotation_without_public_url_points_at_the_card(cache):
+def test_missing_annotation_without_public_url_points_at_the_card(cache_root):
     with pytest.raises(FileNotFoundError, match=r"ve_train\.json does not exist.*dataset_cards/snli_ve\.md"):
         load_dataset("snli_ve")
 
 
-def test_bad_records_are_named(cache, tmp_path):
-    make_layout("aok_vqa", cache)
-    path = cache / "aokvqa/annotations/aokvqa_v1p0_val.json"
+def test_bad_records_are_named(cache_root, tmp_path):
+    make_layout("aok_vqa", cache_root)
+    path = cache_root / "aokvqa/annotations/aokvqa_v1p0_val.json"
     path.write_text(path.read_text().replace('"correct_choice_idx": 1', '"correct_choice_idx": 7'))
     with pytest.raises(DataError, match=r"aokvqa_v1p0_val\.json record 0: 'correct_choice_idx' must index"):
         load_dataset("aok_vqa")
-    make_layout("snli_ve", cache)
-    (cache / "snli/annotations/ve_dev.json").write_text('[{"image": "1", "sentence": "s", "label": "maybe"}]')
+    make_layout("snli_ve", cache_root)
+    (cache_root / "snli/annotations/ve_dev.json").write_text('[{"image": "1", "sentence": "s", "label": "maybe"}]')
     with pytest.raises(DataError, match=r"ve_dev\.json record 0: 'label' must be one of"):
         load_dataset("snli_ve")
 
 
-def test_imagenet_class_names_must_match_folders(cache, tmp_path):
-    make_layout("imagenet", cache)
-    (cache / "imagenet/val/n99999999").mkdir()  # 1001 folders, 1000 names
+def test_imagenet_class_names_must_match_folders(cache_root, tmp_path):
+    make_layout("imagenet", cache_root)
+    (cache_root / "imagenet/val/n99999999").mkdir()  # 1001 folders, 1000 names
     with pytest.raises(DataError, match=r"1001 class folders but 1000 class names"):
         load_dataset("imagenet")
     run = tmp_path / "run.yaml"
@@ -202,10 +194,10 @@ def test_imagenet_class_names_must_match_folders(cache, tmp_path):
     assert ds.classnames[-1] == "n99999999" and ds.prompts()[0] == ["a n00000000"]
 
 
-def test_gqa_testdev_type(cache, tmp_path):
+def test_gqa_testdev_type(cache_root, tmp_path):
     from lavis_lite.common.config import Config
-    make_layout("gqa", cache)
-    ann = cache / "gqa/annotations"
+    make_layout("gqa", cache_root)
+    ann = cache_root / "gqa/annotations"
     (ann / "testdev_balanced_questions.json").write_text((ann / "val_balanced_questions.json").read_text())
     run = tmp_path / "run.yaml"
     run.write_text("datasets:\n  gqa:\n    type: balanced_testdev\nrun: {task: vqa}\nmodel: {arch: x}\n")
@@ -215,25 +207,25 @@ def test_gqa_testdev_type(cache, tmp_path):
     assert val.ann_paths[0].endswith("testdev_balanced_questions.json") and val[0]["answer"] == "yes"
 
 
-def test_zoo_eval_splits_feed_the_existing_tasks(cache, tmp_path):
+def test_zoo_eval_splits_feed_the_existing_tasks(cache_root, tmp_path):
     """Retrieval eval splits give the retrieval task LAVIS's maps; OK-VQA's eval split hands the
     VQA task only its record file (the answer list and official files are separate attributes)."""
     from lavis_lite.tasks.retrieval import retrieval_ground_truth
     from lavis_lite.tasks.vqa import load_vqa_annotations
-    make_layout("flickr30k", cache)
+    make_layout("flickr30k", cache_root)
     test = load_dataset("flickr30k")["test"]
     image_ids, texts, img2txt, txt2img = retrieval_ground_truth(test)
     assert texts == test.text and img2txt == [test.img2txt[i] for i in range(len(test.image))]
     assert txt2img == [test.txt2img[t] for t in range(len(test.text))]
     assert image_ids == [str(test[i]["image_id"]) for i in range(len(test))] == ["1000092795", "10002456"]
-    make_layout("ok_vqa", cache)
+    make_layout("ok_vqa", cache_root)
     ok = load_dataset("ok_vqa")["test"]
     assert load_vqa_annotations(ok.ann_paths) == {4201: {"answers": ["apple"] * 10}}
 
 
-def test_skip_mode_counts_a_bad_image(cache, tmp_path):
-    make_layout("imagenet", cache)
-    (cache / "imagenet/val/n00000001/ILSVRC2012_val_00000002.JPEG").write_bytes(b"not a jpeg")
+def test_skip_mode_counts_a_bad_image(cache_root, tmp_path):
+    make_layout("imagenet", cache_root)
+    (cache_root / "imagenet/val/n00000001/ILSVRC2012_val_00000002.JPEG").write_bytes(b"not a jpeg")
     run = tmp_path / "run.yaml"
     run.write_text("datasets:\n  imagenet: {on_error: skip, max_skip_fraction: 0.5}\n")
     ds = load_dataset("imagenet", cfg_path=str(run))["val"]

@@ -8,20 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from lavis_lite.common.registry import registry
 from lavis_lite.tasks.captioning import CaptionTask
 from lavis_lite.tasks.instruction_eval import (InstructionEvalTask, contains_match, exact_match,
                                                split_instruction_batch)
 from lavis_lite.tasks.metrics.caption_eval import coco_caption_eval
 from lavis_lite.tasks.metrics.vqa_eval import vqa_accuracy
 from lavis_lite.tasks.vqa import VQATask, clean_answer
-
-
-def make_cfg(**run):
-    return SimpleNamespace(run_cfg=OmegaConf.create({"progress_bar": False, **run}))
+from tiny_helpers import make_cfg
 
 
 class ScriptedModel(torch.nn.Module):
@@ -68,19 +63,6 @@ class ListDataset(Dataset):
 
     def collater(self, batch):
         return self._collate(batch)
-
-
-@pytest.fixture
-def result_dir(tmp_path):
-    out = tmp_path / "result"
-    out.mkdir()
-    old = registry.paths.get("result_dir")
-    registry.register_path("result_dir", str(out))
-    yield out
-    if old is None:
-        registry.paths.pop("result_dir", None)
-    else:
-        registry.register_path("result_dir", old)
 
 
 # ---- captioning -------------------------------------------------------------------------------

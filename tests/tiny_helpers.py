@@ -1,5 +1,9 @@
-"""Shared by tests: the tiny model's YAML, a way to make its answers informative, a mixed batch of conversations."""
+"""Shared by tests: the tiny model's YAML, a way to make its answers informative, a mixed batch of conversations,
+a task config."""
+from types import SimpleNamespace
+
 import torch
+from omegaconf import OmegaConf
 
 TINY_MODEL_YAML = "model:\n  arch: minigpt4qwen\n  model_type: tiny\n"
 
@@ -25,3 +29,8 @@ def mixed_conversations(repeat_answer: int = 3):
          {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "no, blue and green"}],
         [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": "hi, how can I help"}],
     ]
+
+
+def make_cfg(**run):
+    """What ``Task.setup_task(cfg)`` reads: ``cfg.run_cfg`` (no progress bar) with ``run`` entries."""
+    return SimpleNamespace(run_cfg=OmegaConf.create({"progress_bar": False, **run}))

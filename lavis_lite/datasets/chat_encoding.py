@@ -60,10 +60,15 @@ class ChatEncodingMixin:
     chat_processor = None
     chat_collator = None
 
+    def wants_chat(self) -> bool:
+        """Whether this dataset's samples are conversations (a stream of captions is not)."""
+        return True
+
     def attach_chat(self, processor, collator) -> None:
         self.chat_processor, self.chat_collator = processor, collator
         self.truncation = TruncationTally()
         self._true_lengths = None
+        self._eval_truncation_logged = False
 
     def encode_sample(self, sample: dict, index: int) -> dict:
         """Remember the record index (truncation log); the batch is tokenised in ``collater``."""
@@ -80,7 +85,15 @@ class ChatEncodingMixin:
             sample["encoded"] = enc
             if enc.truncated:
                 self.truncation.add(sample.get("record_index", -1), enc.cut_tokens)
-        return self.chat_collator(samples)
+        batch = self.chat_collator(samples)
+        cut = batch["truncation"]
+        if cut["samples"] and self.chat_collator.all_images:
+            # evaluation splits have no per-epoch report: say it here (once per worker, then at debug level)
+            log = logger.debug if self._eval_truncation_logged else logger.warning
+            self._eval_truncation_logged = True
+            log("evaluation batch: %d sample(s) truncated to max_txt_len=%d (%d supervised token(s) cut): %s",
+                cut["samples"], self.chat_processor.max_txt_len, cut["cut_tokens"], cut["ids"])
+        return batch
 
     def sample_lengths(self) -> list[int] | None:
         """True token lengths of the records (computed once), or None without a chat processor."""

@@ -1,7 +1,8 @@
 """Datasets meet the built model (``launch.build_job``, ``tools/cache_features``).
 
-* Conversation datasets' training splits tokenise with the model's ``chat_template`` processor and lay
-  out rows with its ``ChatCollator`` settings, inside DataLoader workers (chat_encoding.py).
+* Conversation datasets (map-style and WebDataset instruction streams) tokenise with the model's
+  ``chat_template`` processor inside DataLoader workers (chat_encoding.py): training splits lay out rows
+  with the model's ``ChatCollator`` settings, evaluation splits one conversation per row.
 * ``run.feature_cache``: splits read cached frozen-stage features (feature_cache_run.py).
 """
 from __future__ import annotations
@@ -11,8 +12,11 @@ import logging
 logger = logging.getLogger(__name__)
 
 
-def attach_chat_processors(model, datasets: dict, splits=("train",)) -> int:
-    """Give every conversation dataset of ``splits`` the model's processor and collator; returns how many."""
+def attach_chat_processors(model, datasets: dict, train_splits=("train",)) -> int:
+    """Give every conversation dataset the model's processor and a collator; returns how many.
+    ``train_splits`` get the model's training layout (packing, padding); every other split (validation,
+    test) one conversation per row with all its images, so evaluation loss / token accuracy and
+    generation take the same tensors the in-process path built from raw conversations."""
     from lavis_lite.datasets.chat_collator import ChatCollator
 
     processor = getattr(model, "chat_processor", None)
@@ -21,16 +25,19 @@ def attach_chat_processors(model, datasets: dict, splits=("train",)) -> int:
     attached = 0
     for name, by_split in datasets.items():
         for split, dataset in by_split.items():
-            if split in splits and hasattr(dataset, "attach_chat"):
-                size = getattr(getattr(dataset, "vis_processor", None), "image_size", 224)
-                dataset.attach_chat(processor, ChatCollator.for_model(model, image_size=size))
-                attached += 1
-                logger.info("%s/%s: conversations are tokenised in the data loader (%s template)", name, split,
-                            processor.template.name)
+            if not hasattr(dataset, "attach_chat") or not dataset.wants_chat():
+                continue
+            size = getattr(getattr(dataset, "vis_processor", None), "image_size", 224)
+            evaluation = split not in train_splits
+            dataset.attach_chat(processor, ChatCollator.for_model(model, image_size=size, evaluation=evaluation))
+            attached += 1
+            logger.info("%s/%s: conversations are tokenised in the data loader (%s template, %s layout)", name,
+                        split, processor.template.name, "evaluation" if evaluation else "training")
     return attached
 
 
 def wire_datasets(cfg, model, datasets: dict) -> dict:
-    attach_chat_processors(model, datasets)
+    run = cfg.run_cfg if hasattr(cfg, "run_cfg") else cfg.get("run", {})
+    attach_chat_processors(model, datasets, tuple(run.get("train_splits", None) or ("train",)))
     from lavis_lite.datasets.feature_cache_run import prepare_feature_cache
     return prepare_feature_cache(cfg, model, datasets)

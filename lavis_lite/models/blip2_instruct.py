@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lavis_lite.common.registry import registry
-from lavis_lite.models.blip2_llm_base import Blip2LLMBase, as_text_list, generation_kwargs
+from lavis_lite.models.blip2_llm_base import Blip2LLMBase, as_text_list, generation_kwargs, vision_kwargs
 from lavis_lite.models.blip2_opt import lemmatize
 from lavis_lite.models.blip2_t5 import T5Seq2SeqMixin
 
@@ -45,11 +45,12 @@ def prepend_bos_as_lavis(tokenizer) -> None:
         raise RuntimeError(f"the LLM tokenizer starts prompts with id {first}, not bos {tokenizer.bos_token_id}")
 
 
-class InstructMixin:
-    def init_instruct(self, num_query_token, qformer_config, **vision):
-        self.init_vision_and_qformer(num_query_token=num_query_token, qformer_config=qformer_config,
-                                     qformer_text_input=True, **vision)
+def lavis_llama_tokenizer(tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        prepend_bos_as_lavis(tokenizer)
 
+
+class InstructMixin:
     def instruction_inputs(self, samples: dict, instructions: list[str]) -> torch.Tensor:
         return self.image_inputs(samples, instruction=instructions)
 
@@ -75,23 +76,10 @@ class Blip2VicunaInstruct(InstructMixin, Blip2LLMBase):
         if not qformer_text_input:
             raise ValueError("blip2_vicuna_instruct: qformer_text_input false is plain BLIP-2; use blip2_opt-style "
                              "models for that")
-        if not llm_model and not llm_config:
-            raise ValueError("Set model.llm_model to a local folder holding Vicuna, or give model.llm_config for a "
-                             "random-init LLaMA (the tiny type)")
-        self.llm_tokenizer = self.init_llm_tokenizer(llm_model, "llm_model", tokenizer)
-        if self.llm_tokenizer.pad_token is None:
-            prepend_bos_as_lavis(self.llm_tokenizer)
-        self.init_instruct(num_query_token, qformer_config, vit_model=vit_model, vit_checkpoint=vit_checkpoint,
-                           img_size=img_size, drop_path_rate=drop_path_rate, use_grad_checkpoint=use_grad_checkpoint,
-                           vit_precision=vit_precision, vit_sizes=vit_sizes, freeze_vit=freeze_vit,
-                           ln_vision_eps=ln_vision_eps, cross_attention_freq=cross_attention_freq,
-                           tokenizer_vocab=tokenizer_vocab, vision_attn_implementation=vision_attn_implementation)
-        self.llm_model = self.build_llm(llm_model, "llm_model", llm_config, self.llm_tokenizer, llm_dtype)
-        self.llm_proj = nn.Linear(self.Qformer.config.hidden_size, self.llm_model.config.hidden_size)
-        self.max_txt_len, self.max_output_txt_len = int(max_txt_len), int(max_output_txt_len)
-        self.prompt = prompt or ""
-        self._apply_lemmatizer = bool(apply_lemmatizer)
-        self.load_initial_weights(q_former_model)
+        self.llm_model, self.llm_tokenizer, self.llm_proj = self._init_llm_side(
+            llm_model, "llm_model", llm_config, tokenizer, llm_dtype, "Vicuna", vision_kwargs(locals()),
+            prepare_tokenizer=lavis_llama_tokenizer)
+        self._init_text_side(prompt, max_txt_len, apply_lemmatizer, q_former_model, max_output_txt_len)
 
     @property
     def llm_proj_layer(self) -> nn.Linear:
@@ -190,21 +178,9 @@ class Blip2T5Instruct(InstructMixin, T5Seq2SeqMixin, Blip2LLMBase):
         super().__init__()
         if not qformer_text_input:
             raise ValueError("blip2_t5_instruct: qformer_text_input false is plain BLIP-2; use blip2_t5")
-        if not t5_model and not llm_config:
-            raise ValueError("Set model.t5_model to a local folder holding Flan-T5, or give model.llm_config for a "
-                             "random-init T5 (the tiny type)")
-        self.t5_tokenizer = self.init_llm_tokenizer(t5_model, "t5_model", tokenizer)
-        self.init_instruct(num_query_token, qformer_config, vit_model=vit_model, vit_checkpoint=vit_checkpoint,
-                           img_size=img_size, drop_path_rate=drop_path_rate, use_grad_checkpoint=use_grad_checkpoint,
-                           vit_precision=vit_precision, vit_sizes=vit_sizes, freeze_vit=freeze_vit,
-                           ln_vision_eps=ln_vision_eps, cross_attention_freq=cross_attention_freq,
-                           tokenizer_vocab=tokenizer_vocab, vision_attn_implementation=vision_attn_implementation)
-        self.t5_model = self.build_llm(t5_model, "t5_model", llm_config, self.t5_tokenizer, llm_dtype)
-        self.t5_proj = nn.Linear(self.Qformer.config.hidden_size, self.t5_model.config.hidden_size)
-        self.max_txt_len, self.max_output_txt_len = int(max_txt_len), int(max_output_txt_len)
-        self.prompt = prompt or ""
-        self._apply_lemmatizer = bool(apply_lemmatizer)
-        self.load_initial_weights(q_former_model)
+        self.t5_model, self.t5_tokenizer, self.t5_proj = self._init_llm_side(
+            t5_model, "t5_model", llm_config, tokenizer, llm_dtype, "Flan-T5", vision_kwargs(locals()))
+        self._init_text_side(prompt, max_txt_len, apply_lemmatizer, q_former_model, max_output_txt_len)
 
     @property
     def llm_proj_layer(self) -> nn.Linear:

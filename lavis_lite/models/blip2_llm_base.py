@@ -13,6 +13,7 @@ tests and key maps, random-init from ``llm_config``. Nothing is downloaded.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
@@ -29,9 +30,9 @@ logger = logging.getLogger(__name__)
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 LLM_FAMILIES = {
-    "opt": {"config": "OPTConfig", "model": "OPTForCausalLM", "seq2seq": False},
-    "t5": {"config": "T5Config", "model": "T5ForConditionalGeneration", "seq2seq": True},
-    "llama": {"config": "LlamaConfig", "model": "LlamaForCausalLM", "seq2seq": False},
+    "opt": {"config": "OPTConfig", "model": "OPTForCausalLM", "seq2seq": False, "name": "OPT"},
+    "t5": {"config": "T5Config", "model": "T5ForConditionalGeneration", "seq2seq": True, "name": "T5"},
+    "llama": {"config": "LlamaConfig", "model": "LlamaForCausalLM", "seq2seq": False, "name": "LLaMA"},
 }
 
 
@@ -105,6 +106,13 @@ def as_text_list(value, batch_size: int, name: str) -> list[str]:
     return texts
 
 
+def vision_kwargs(constructor_locals: dict) -> dict:
+    """The :meth:`Blip2LLMBase.init_vision_and_qformer` arguments among a constructor's ``locals()``
+    (the constructors keep LAVIS's explicit keyword lists, which the YAML keys are checked against)."""
+    names = inspect.signature(Blip2LLMBase.init_vision_and_qformer).parameters
+    return {k: constructor_locals[k] for k in names if k != "self" and k in constructor_locals}
+
+
 class Blip2LLMBase(Blip2Base):
     """Subclasses set ``LLM_FAMILY`` and call :meth:`init_vision_and_qformer` then build their LLM."""
 
@@ -148,6 +156,33 @@ class Blip2LLMBase(Blip2Base):
         for module in (self.visual_encoder, self.Qformer):
             set_attn_implementation(module, vision_attn_implementation)
         self.num_query_token = int(num_query_token)
+
+    def _init_llm_side(self, folder, key, llm_config, tokenizer, llm_dtype, holding: str, vision: dict,
+                       prepare_tokenizer=None):
+        """The language side around the vision side, in LAVIS's order: check that an LLM is given (before
+        building a 1B-parameter ViT), its tokenizer (``prepare_tokenizer`` may amend it), then
+        ``init_vision_and_qformer(**vision)``, the frozen LLM and the Q-Former -> LLM projection.
+        Returns (llm, tokenizer, proj): the caller stores them under LAVIS's names (``opt_model`` /
+        ``opt_tokenizer`` / ``opt_proj``, ``t5_*``, ``llm_*``), LLM before projection as in LAVIS."""
+        if not folder and not llm_config:
+            raise ValueError(f"Set model.{key} to a local folder holding {holding}, or give model.llm_config for a "
+                             f"random-init {LLM_FAMILIES[self.LLM_FAMILY]['name']} (the tiny type)")
+        llm_tokenizer = self.init_llm_tokenizer(folder, key, tokenizer)
+        if prepare_tokenizer is not None:
+            prepare_tokenizer(llm_tokenizer)
+        self.init_vision_and_qformer(**vision)
+        llm = self.build_llm(folder, key, llm_config, llm_tokenizer, llm_dtype)
+        proj = nn.Linear(self.Qformer.config.hidden_size, llm.config.hidden_size)
+        return llm, llm_tokenizer, proj
+
+    def _init_text_side(self, prompt, max_txt_len, apply_lemmatizer, q_former_model, max_output_txt_len=None):
+        """LAVIS's text settings, then the initial vision + Q-Former weights (``q_former_model``)."""
+        self.max_txt_len = int(max_txt_len)
+        if max_output_txt_len is not None:
+            self.max_output_txt_len = int(max_output_txt_len)
+        self.prompt = prompt or ""
+        self._apply_lemmatizer = bool(apply_lemmatizer)
+        self.load_initial_weights(q_former_model)
 
     def init_llm_tokenizer(self, folder, key, tokenizer):
         """The LLM tokenizer: ``tokenizer`` if set, else the one beside the weights, else the tiny one."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lavis_lite.common.registry import registry
-from lavis_lite.models.blip2_llm_base import Blip2LLMBase, as_text_list, generation_kwargs
+from lavis_lite.models.blip2_llm_base import Blip2LLMBase, as_text_list, generation_kwargs, vision_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -56,22 +56,12 @@ class Blip2OPT(Blip2LLMBase):
                  q_former_model=None, opt_model=None, llm_config=None, tokenizer=None, llm_dtype="fp16",
                  prompt="", max_txt_len=32, apply_lemmatizer=False, vision_attn_implementation="sdpa"):
         super().__init__()
-        if not opt_model and not llm_config:  # fail before building a 1B-parameter ViT
-            raise ValueError("Set model.opt_model to a local folder holding OPT (e.g. facebook/opt-2.7b), or give "
-                             "model.llm_config for a random-init OPT (the tiny type)")
-        self.opt_tokenizer = self.init_llm_tokenizer(opt_model, "opt_model", tokenizer)
-        self.init_vision_and_qformer(vit_model, vit_checkpoint, img_size, drop_path_rate, use_grad_checkpoint,
-                                     vit_precision, vit_sizes, freeze_vit, ln_vision_eps, num_query_token,
-                                     cross_attention_freq, qformer_config,
-                                     vision_attn_implementation=vision_attn_implementation)
-        self.opt_model = self.build_llm(opt_model, "opt_model", llm_config, self.opt_tokenizer, llm_dtype)
+        self.opt_model, self.opt_tokenizer, self.opt_proj = self._init_llm_side(
+            opt_model, "opt_model", llm_config, tokenizer, llm_dtype, "OPT (e.g. facebook/opt-2.7b)",
+            vision_kwargs(locals()))
         self.eos_token_id = self.opt_tokenizer("\n", add_special_tokens=False).input_ids[0]
-        self.opt_proj = nn.Linear(self.Qformer.config.hidden_size, self.opt_model.config.hidden_size)
-        self.max_txt_len = int(max_txt_len)
-        self.prompt = prompt or ""
-        self.prompt_length = len(self.opt_tokenizer(self.prompt).input_ids)
-        self._apply_lemmatizer = bool(apply_lemmatizer)
-        self.load_initial_weights(q_former_model)
+        self.prompt_length = len(self.opt_tokenizer(prompt or "").input_ids)
+        self._init_text_side(prompt, max_txt_len, apply_lemmatizer, q_former_model)
 
     @property
     def llm_proj_layer(self) -> nn.Linear:

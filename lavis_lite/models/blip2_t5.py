@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lavis_lite.common.registry import registry
-from lavis_lite.models.blip2_llm_base import Blip2LLMBase, as_text_list, generation_kwargs
+from lavis_lite.models.blip2_llm_base import Blip2LLMBase, as_text_list, generation_kwargs, vision_kwargs
 from lavis_lite.models.blip2_opt import lemmatize
 
 
@@ -72,20 +72,10 @@ class Blip2T5(T5Seq2SeqMixin, Blip2LLMBase):
                  q_former_model=None, t5_model=None, llm_config=None, tokenizer=None, llm_dtype="bf16",
                  prompt="", max_txt_len=32, apply_lemmatizer=False, vision_attn_implementation="sdpa"):
         super().__init__()
-        if not t5_model and not llm_config:
-            raise ValueError("Set model.t5_model to a local folder holding Flan-T5 (e.g. google/flan-t5-xl), or "
-                             "give model.llm_config for a random-init T5 (the tiny type)")
-        self.t5_tokenizer = self.init_llm_tokenizer(t5_model, "t5_model", tokenizer)
-        self.init_vision_and_qformer(vit_model, vit_checkpoint, img_size, drop_path_rate, use_grad_checkpoint,
-                                     vit_precision, vit_sizes, freeze_vit, ln_vision_eps, num_query_token,
-                                     cross_attention_freq, qformer_config,
-                                     vision_attn_implementation=vision_attn_implementation)
-        self.t5_model = self.build_llm(t5_model, "t5_model", llm_config, self.t5_tokenizer, llm_dtype)
-        self.t5_proj = nn.Linear(self.Qformer.config.hidden_size, self.t5_model.config.hidden_size)
-        self.max_txt_len = int(max_txt_len)
-        self.prompt = prompt or ""
-        self._apply_lemmatizer = bool(apply_lemmatizer)
-        self.load_initial_weights(q_former_model)
+        self.t5_model, self.t5_tokenizer, self.t5_proj = self._init_llm_side(
+            t5_model, "t5_model", llm_config, tokenizer, llm_dtype, "Flan-T5 (e.g. google/flan-t5-xl)",
+            vision_kwargs(locals()))
+        self._init_text_side(prompt, max_txt_len, apply_lemmatizer, q_former_model)
 
     @property
     def llm_proj_layer(self) -> nn.Linear:

@@ -19,6 +19,10 @@ Fields (``{content}`` / ``{system}`` are filled in; every other character is tem
 * ``control``    -- strings of the template that are single control tokens (emitted as ids; the
   same strings typed by a user stay text).
 * ``strip``      -- strip whitespace around message contents (as the family's own template does).
+* ``space_joins_next`` -- the spaces that end the system block or a user turn belong to the text that
+  follows (Vicuna v1.1: ``... USER: hi ASSISTANT: ...`` has no control token between the pieces, and
+  tokenising the whole string attaches each separator space to the next word, `` ASSISTANT``), so the
+  pieces are tokenised with the space moved forward and give the whole string's ids.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ class ChatTemplate:
     image: str = "{image}"
     control: tuple[str, ...] = ()
     strip: bool = False
+    space_joins_next: bool = False
     stop: tuple[str, ...] = field(default=())  # extra stop tokens for generation (besides eot)
 
     def __post_init__(self):
@@ -100,21 +105,25 @@ register_template(ChatTemplate(
     user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
     assistant="<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>", eot="<|eot_id|>",
     control=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), strip=True))
-# FastChat's vicuna_v1.1 (Vicuna-7B v1.1 / v1.5, LLaVA-1.5), images wrapped as MiniGPT-4 does.
+# FastChat's vicuna_v1.1 (Vicuna-7B v1.1 / v1.5, LLaVA-1.5): the string of fastchat.conversation's
+# ``get_conv_template("vicuna_v1.1").get_prompt()`` after <s>, tokenised as the whole string (FastChat's
+# training does); images wrapped as MiniGPT-4 does (tests/test_vicuna_template.py).
 register_template(ChatTemplate(
     name="vicuna_v1.1", prefix="<s>", system="{system} ", user="USER: {content} ",
     assistant="ASSISTANT: {content}</s>", eot="</s>", generation="ASSISTANT:",
     default_system="A chat between a curious user and an artificial intelligence assistant. The assistant "
                    "gives helpful, detailed, and polite answers to the user's questions.",
-    image="<Img>{image}</Img>", control=("<s>", "</s>")))
-# MiniGPT-4 on Vicuna v0: prompt_template '###Human: {} ###Assistant: ', end_sym '###'.
+    image="<Img>{image}</Img>", control=("<s>", "</s>"), space_joins_next=True))
+# MiniGPT-4 (minigpt4/models/minigpt_base.py): every question is <s> + prompt_template.format(q), the
+# prompt ends with the assistant header, and the answer + end_sym is tokenised on its own; text between
+# images is tokenised per segment. Vicuna v0: prompt_template '###Human: {} ###Assistant: ', end_sym '###'.
 register_template(ChatTemplate(
-    name="minigpt4_vicuna0", prefix="<s>", user="###Human: {content} ", assistant="###Assistant: {content}###",
-    eot="###", image="<Img>{image}</Img>", control=("<s>",)))
+    name="minigpt4_vicuna0", user="<s>###Human: {content} ###Assistant: ", assistant="{content}###",
+    eot="###", generation="", image="<Img>{image}</Img>", control=("<s>",)))
 # MiniGPT-4 on Llama-2-chat: prompt_template '[INST] {} [/INST] ', end_sym '</s>'.
 register_template(ChatTemplate(
-    name="minigpt4_llama2", prefix="<s>", user="[INST] {content} [/INST] ", assistant="{content}</s>", eot="</s>",
-    image="<Img>{image}</Img>", control=("<s>", "</s>")))
+    name="minigpt4_llama2", user="<s>[INST] {content} [/INST] ", assistant="{content}</s>", eot="</s>",
+    generation="", image="<Img>{image}</Img>", control=("<s>", "</s>")))
 # Plain prompt for models without a chat format (OPT, Flan-T5 style): the prompt, then the reply.
 register_template(ChatTemplate(name="plain", user="{content}", assistant=" {content}</s>", eot="</s>",
                                generation="", control=("</s>",)))

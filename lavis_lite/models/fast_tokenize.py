@@ -215,6 +215,9 @@ class FastTokenize:
         self.normalize = backend.normalizer.normalize_str if nfc else None
         self.added = sorted({t.content for t in backend.get_added_tokens_decoder().values() if t.content})
         self.added_first = sorted({t[0] for t in self.added})
+        # one C-level scan for "could hold an added token" (most texts have none of their first chars)
+        self._added_gate = (re.compile("[" + "".join(re.escape(c) for c in self.added_first) + "]").search
+                            if self.added_first else None)
         # Per atom: regex's and Oniguruma's membership test for one character.
         self._atoms = [(regex.compile(a).fullmatch, Split(Regex(a), behavior="removed").pre_tokenize_str)
                        for a in atoms]
@@ -284,10 +287,10 @@ class FastTokenize:
         memo = self.memo
         out: list = [None] * len(texts)
         slow, pending = [], []
-        ascii_findall, added = self.ascii_findall, self.added_first
+        ascii_findall, gate = self.ascii_findall, self._added_gate
         for i, text in enumerate(texts):
             if text.isascii():  # ASCII is its own NFC
-                pieces = None if added and self._has_added(text) else ascii_findall(text)
+                pieces = None if gate is not None and gate(text) and self._has_added(text) else ascii_findall(text)
                 # Rust keeps unmatched gaps as pieces and skips empty matches: only a clean tiling is exact
                 if pieces is not None and ("".join(pieces) != text or "" in pieces):
                     pieces = None

@@ -29,6 +29,8 @@ import re
 
 import torch
 
+from lavis_lite.models.key_rename import DROP, HF_VIT_RULES, UNMATCHED, rename_keys
+
 logger = logging.getLogger(__name__)
 
 HF_MODEL_TYPES = ("blip-2", "instructblip")
@@ -95,15 +97,10 @@ def arch_of(hf_cfg: dict) -> str | None:
 
 
 # ---- names -------------------------------------------------------------------------------------------
-_VISION_RULES = [
-    (r"vision_model\.embeddings\.class_embedding$", "visual_encoder.cls_token"),
-    (r"vision_model\.embeddings\.position_embedding$", "visual_encoder.pos_embed"),
+_VISION_RULES = HF_VIT_RULES + [  # (HF pattern, our replacement), matched at the key's start
     (r"vision_model\.embeddings\.patch_embedding\.(weight|bias)$", r"visual_encoder.patch_embed.proj.\1"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.layer_norm([12])\.", r"visual_encoder.blocks.\1.norm\2."),
-    (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.projection\.", r"visual_encoder.blocks.\1.attn.proj."),
     (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.weight$", r"visual_encoder.blocks.\1.attn.qkv.weight"),
     (r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.([qv])_bias$", r"visual_encoder.blocks.\1.attn.\2_bias"),
-    (r"vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"visual_encoder.blocks.\1.mlp."),
     (r"vision_model\.post_layernorm\.", "ln_vision."),
     (r"query_tokens$", "query_tokens"),
     (r"qformer\.(embeddings\.)?layernorm\.", "Qformer.bert.embeddings.LayerNorm."),
@@ -113,35 +110,31 @@ _VISION_RULES = [
 ]
 
 
+def _moved_prefix(key: str, value, moves: tuple[tuple[str, str | None], ...]):
+    """The LLM and its projection move whole: ``(from_prefix, to_prefix)``; to None = no place here."""
+    for old, new in moves:
+        if old and key.startswith(old + "."):
+            return [(new + key[len(old):], value)] if new else UNMATCHED
+    return None
+
+
 def hf_to_lavis(state: dict, arch: str | None) -> tuple[dict, list[str]]:
     """(renamed state, HF keys this architecture has no place for). ``arch`` None: vision + Q-Former only."""
     proj, llm = LLM_PARTS.get(arch, (None, None))
-    out, unused = {}, []
-    for key, value in state.items():
+
+    def special(key, value):
         m = re.match(r"vision_model\.encoder\.layers\.(\d+)\.self_attn\.qkv\.bias$", key)
         if m:
             q, k, v = value.chunk(3)
             if k.abs().max() > 0:  # q.(k + b) shifts every score of a row equally: softmax ignores it
                 logger.info("%s: dropping a non-zero key bias (max %.3g); attention is invariant to it", key,
                             float(k.abs().max()))
-            out[f"visual_encoder.blocks.{m.group(1)}.attn.q_bias"] = q.clone()
-            out[f"visual_encoder.blocks.{m.group(1)}.attn.v_bias"] = v.clone()
-            continue
-        prefix, ours = next(((p, o) for p, o in (("language_projection", proj), ("language_model", llm))
-                             if key.startswith(p + ".")), (None, None))
-        if prefix is not None:
-            if ours:
-                out[ours + key[len(prefix):]] = value
-            else:
-                unused.append(key)  # no LLM of this family here (vision + Q-Former use)
-            continue
-        for pattern, repl in _VISION_RULES:
-            if re.match(pattern, key):
-                out[re.sub(pattern, repl, key, count=1)] = value
-                break
-        else:
-            unused.append(key)
-    return out, unused
+            return [(f"visual_encoder.blocks.{m.group(1)}.attn.q_bias", q.clone()),
+                    (f"visual_encoder.blocks.{m.group(1)}.attn.v_bias", v.clone())]
+        # no LLM of this family here (vision + Q-Former use): unmatched
+        return _moved_prefix(key, value, (("language_projection", proj), ("language_model", llm)))
+
+    return rename_keys(state, _VISION_RULES, special)
 
 
 def lavis_to_hf(state: dict, arch: str | None, hf_model_type: str = "blip-2") -> tuple[dict, list[str]]:
@@ -164,28 +157,18 @@ def lavis_to_hf(state: dict, arch: str | None, hf_model_type: str = "blip-2") ->
     ]
     if hf_model_type == "instructblip":
         rules.append((r"Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\.", r"qformer.embeddings.\1."))
-    out, left = {}, []
-    for key, value in state.items():
+
+    def special(key, value):
         m = re.match(r"visual_encoder\.blocks\.(\d+)\.attn\.q_bias$", key)
         if m:
             v = state[key.replace("q_bias", "v_bias")]
-            out[f"vision_model.encoder.layers.{m.group(1)}.self_attn.qkv.bias"] = torch.cat([value, torch.zeros_like(v), v])
-            continue
+            return [(f"vision_model.encoder.layers.{m.group(1)}.self_attn.qkv.bias",
+                     torch.cat([value, torch.zeros_like(v), v]))]
         if key.endswith("attn.v_bias"):
-            continue
-        if proj and key.startswith(proj + "."):
-            out["language_projection" + key[len(proj):]] = value
-            continue
-        if llm and key.startswith(llm + "."):
-            out["language_model" + key[len(llm):]] = value
-            continue
-        for pattern, repl in rules:
-            if re.match(pattern, key):
-                out[re.sub(pattern, repl, key, count=1)] = value
-                break
-        else:
-            left.append(key)
-    return out, left
+            return DROP  # went into the fused qkv bias above
+        return _moved_prefix(key, value, ((proj, "language_projection"), (llm, "language_model")))
+
+    return rename_keys(state, rules, special)
 
 
 # ---- configs -----------------------------------------------------------------------------------------

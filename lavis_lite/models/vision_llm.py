@@ -353,7 +353,10 @@ class VisionLLMBase(Blip2Base):
                        for k, v in self.collate_conversations(samples).items()}
         input_ids, labels = samples["input_ids"], samples["labels"]
         per_row = list(samples.get("images_per_row") or [0] * input_ids.shape[0])
-        image_embeds = self._image_embeds(samples, sum(per_row))
+        if samples.get("all_images"):  # evaluation batch: every image, the first per_row[i] of row i in the ids
+            image_embeds = self._image_embeds(samples, list(samples["n_images"]), per_row)
+        else:
+            image_embeds = self._image_embeds(samples, sum(per_row))
         with self.maybe_autocast(self.autocast_dtype, enabled=self.enable_autocast):
             inputs_embeds = self._splice(input_ids, image_embeds, per_row)
             attention_mask, position_ids = self._attention(samples, inputs_embeds.dtype)

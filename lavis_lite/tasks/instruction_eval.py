@@ -25,6 +25,7 @@ from lavis_lite.common.run_schema import InstructionEvalKeys
 from lavis_lite.tasks.base_task import _unwrap
 from lavis_lite.tasks.generative_eval import GenerativeEvalTask, run_choice, run_option
 
+TOKEN_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 AGG_CHOICES = ("exact_acc", "contains_acc", "token_acc")
 
@@ -43,8 +44,15 @@ def contains_match(prediction: str, reference: str) -> bool:
 
 
 def split_instruction_batch(samples: dict) -> list[dict]:
-    """A collated instruction batch -> one single-sample batch per conversation (images by n_images)."""
+    """A collated instruction batch -> one single-sample batch per conversation (images by n_images).
+    A tokenised evaluation batch (one conversation per row, every image kept: ChatCollator's
+    ``all_images``) gives each sample its row without the batch's padding: the tensors the sample alone
+    would have been collated to."""
     n = len(samples["conversations"])
+    if "input_ids" in samples and not samples.get("all_images"):
+        raise ValueError("instruction_eval needs evaluation batches (one conversation per row, all images: "
+                         "ChatCollator(all_images=True), as model_wiring gives evaluation splits)")
+    lengths = samples["attention_mask"].sum(1).tolist() if "attention_mask" in samples else None
     n_images = [int(k) for k in samples.get("n_images", [0] * n)]
     offsets = [0]
     for k in n_images:
@@ -57,6 +65,8 @@ def split_instruction_batch(samples: dict) -> list[dict]:
                 one[key] = value[offsets[i]:offsets[i + 1]]
             elif isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n:
                 one[key] = value[i:i + 1]
+                if lengths is not None and value.dim() == 2 and key in TOKEN_KEYS:
+                    one[key] = one[key][:, :int(lengths[i])]
             elif isinstance(value, (list, tuple)) and len(value) == n:
                 one[key] = [value[i]]
             else:

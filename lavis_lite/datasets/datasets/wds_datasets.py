@@ -22,6 +22,7 @@ import zlib
 import torch
 from PIL import Image
 
+from lavis_lite.datasets.chat_encoding import ChatEncodingMixin
 from lavis_lite.datasets.datasets.errors import DataError, ErrorPolicy
 from lavis_lite.datasets.datasets.instruction_datasets import (
     check_conversation,
@@ -44,7 +45,10 @@ def _image_keys(sample: dict) -> list[str]:
     return sorted(keys, key=order)
 
 
-class WebDatasetStream(torch.utils.data.IterableDataset):
+class WebDatasetStream(ChatEncodingMixin, torch.utils.data.IterableDataset):
+    """Instruction streams tokenise their conversations in the DataLoader workers once the model's chat
+    processor is attached (``model_wiring``), as map-style instruction datasets do."""
+
     def __init__(self, urls, vis_processor=None, text_processor=None, sample_format: str = "instruction",
                  shuffle_buffer: int = 1000, resample: bool = False, seed: int = 0,
                  on_error: str = "raise", max_skip_fraction: float = 0.05):
@@ -134,7 +138,18 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
             sample["question_type"] = meta["question_type"]
         return sample
 
+    def wants_chat(self) -> bool:
+        return self.sample_format == "instruction"
+
+    def sample_lengths(self):
+        return None  # a stream has no record lengths to group by
+
+    def record_id(self, index) -> str:
+        return str(index)
+
     def collater(self, samples: list[dict]) -> dict:
+        if self.sample_format == "instruction" and self.chat_collator is not None:
+            return self.collate_chat(samples)
         if self.sample_format == "instruction":
             return collate_instruction(samples, image_size=getattr(self.vis_processor, "image_size", 224))
         return {"image": torch.stack([s["image"] for s in samples]),
@@ -142,7 +157,10 @@ class WebDatasetStream(torch.utils.data.IterableDataset):
                 "image_id": torch.tensor([s["image_id"] for s in samples], dtype=torch.long)}
 
     def skip_report(self, reset: bool = True) -> dict:
-        return self.policy.report(reset)
+        out = self.policy.report(reset)
+        if self.chat_collator is not None:  # streams keep no record index: counts without ids
+            out.update(self.truncation.report(self.record_id, self.chat_processor.max_txt_len, reset))
+        return out
 
 
 def _worker_id() -> int:
