@@ -66,10 +66,6 @@ PRESETS = {
     "best_uncached_exact": {**_FAST, "group": 1, **_FROZEN},
     "best_cached": {**_FAST, "group": 1, "cache": 1, **_FROZEN},
 }
-# Aliases used by benchmarks/gpu_check.sh (gpucheck helper; the speed helper owns the real definitions):
-# today's best modes without / with the feature cache per docs/performance.md.
-PRESETS.setdefault("best_uncached", dict(PRESETS["fast_group_tresize"]))
-PRESETS.setdefault("best_cached", dict(PRESETS["fast_group_cache"]))
 # Peak dense bf16 tensor FLOP/s, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -179,13 +175,14 @@ def source_key(mode: dict) -> tuple:
 
 
 # ---- model ---------------------------------------------------------------------------------------
-def build_model(args):
+def build_model(args, weights: str | None = None):
+    """``weights``: the weight dtype (default ``args.dtype``; bench_train on CPU passes fp32 and autocasts)."""
     import torch
 
     from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
 
     overrides = {k: v for k, v in SIZES[args.size].items() if v is not None}
-    if args.max_txt_len:
+    if getattr(args, "max_txt_len", None):
         overrides["max_txt_len"] = args.max_txt_len
         if "llm_config" in overrides:  # rotary table long enough for the longest row
             overrides["llm_config"] = {**overrides["llm_config"], "max_position_embeddings":
@@ -193,7 +190,7 @@ def build_model(args):
     if args.size == "full":
         overrides["vit_sizes"] = None
     overrides.update(freeze_vit=True, freeze_qformer=True, freeze_queries=True, freeze_proj=False,
-                     freeze_llm=True, llm_dtype=weight_dtype(args), vit_precision=weight_dtype(args),
+                     freeze_llm=True, llm_dtype=weights or args.dtype, vit_precision=weights or args.dtype,
                      get_lora=bool(args.lora), lora_r=8, lora_alpha=16, lora_dropout=0.0)
     if args.size == "full" and args.device.startswith("cuda"):
         torch.set_default_device(args.device)  # build the 8B parameters directly on the GPU
@@ -394,7 +391,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads or 1)
     torch.manual_seed(args.seed)
     modes = parse_modes(args.modes)
-    model = build_model(args)
+    model = build_model(args, weight_dtype(args))
     trainable = [p for p in model.parameters() if p.requires_grad]
     from lavis_lite.runners.runner_base import adamw_implementation
     optimizers = {impl: torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05,

@@ -15,7 +15,8 @@ rounding, tests/test_frozen_llm.py):
 * ``const_text_qkv``: in layer 0 a text position's input is a frozen word embedding, so its
   norm / q / k / v are constants: computed without autograd; only the image columns keep a graph.
 * ``image_grad_attention`` (with ``const_text_qkv``): layer 0's attention backward computes only the
-  image columns' gradients (frozen_attention.py), not every position's.
+  image columns' gradients (frozen_attention.py), not every position's. CPU only (it reuses the CPU flash
+  kernel's log-sum-exp); on other devices layer 0 keeps SDPA's own backward.
 * the shared prefix (``model.share_prefix``, shared_prefix.py) runs once per batch, as before.
 * ``attention: math`` computes attention as explicit matrix products instead of the fused SDPA kernel
   (measured slower on CPU at these lengths; kept for comparison).
@@ -226,7 +227,8 @@ def supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len
         live = None
         if i == 0 and span is not None:
             q, k, v = _qkv_const_text(layer, h, cos, sin, span)
-            live = span if opts.image_grad_attention else None
+            # the custom backward uses the CPU flash kernel's log-sum-exp; other devices keep SDPA's backward
+            live = span if opts.image_grad_attention and h.device.type == "cpu" else None
         else:
             q, k, v = _qkv(layer, h, cos, sin)
         if prefix is not None:
