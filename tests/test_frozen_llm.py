@@ -130,3 +130,24 @@ def test_config_keys_are_checked():
     assert fl.FrozenLLMOptions.from_config(False).enabled is False
     model = _model(frozen_llm={"last_layer_supervised_only": False})
     assert model.frozen_llm.enabled and not model.frozen_llm.last_layer_supervised_only
+
+
+def test_random_mixed_batches_property():
+    """Random batches (text-only rows, images before / after the question, several images, two rounds,
+    rows whose replies start alike): the frozen path equals transformers' forward every time."""
+    import random
+
+    from test_shared_prefix import _random_batch
+    model = _model()
+    rng = random.Random(11)
+    for _ in range(12):
+        samples = _random_batch(rng)
+        if not sum(samples["n_images"]):
+            model.frozen_llm = fl.FrozenLLMOptions(enabled=False)
+            plain = model(dict(samples))
+            model.frozen_llm = fl.FrozenLLMOptions()
+            fast = model(dict(samples))
+            assert fast["n_tokens"] == plain["n_tokens"]
+            torch.testing.assert_close(fast["loss"], plain["loss"], atol=1e-5, rtol=1e-5)
+            continue
+        _assert_same(_loss_and_grad(model, samples, enabled=False), _loss_and_grad(model, samples))

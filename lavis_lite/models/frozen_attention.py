@@ -51,7 +51,7 @@ class ImageColumnAttention(torch.autograd.Function):
         q, kr, vr, out, lse, mask = ctx.saved_tensors
         scale, (a, b), off, groups = ctx.scale, ctx.span, ctx.key_offset, ctx.groups
         grad_out = grad_out.contiguous().to(q.dtype)
-        batch, heads, steps, dim = q.shape
+        batch, heads, _, dim = q.shape
         dq = q.new_zeros(q.shape)
         dk_c = dv_c = None
         if b > a:

@@ -50,7 +50,7 @@ class FrozenLLMOptions:
     attention: str = "sdpa"
 
     @classmethod
-    def from_config(cls, cfg) -> "FrozenLLMOptions":
+    def from_config(cls, cfg) -> FrozenLLMOptions:
         if isinstance(cfg, cls):
             return cfg
         if isinstance(cfg, bool):
