@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 import time
 
-from _common import synthetic_conversations, write_synthetic_photos
+from _common import published_conversations, synthetic_conversations, write_synthetic_photos
+
+
+def bench_conversations(args, n: int | None = None) -> list[list[dict]]:
+    """The benchmark's conversations: ``--data-mix short`` (~97 text tokens, 1-2 rounds) or ``published``
+    (shaped like the published recipe's benchmark data; ``--rounds-scale`` lengthens them)."""
+    n = args.n_records if n is None else n
+    if getattr(args, "data_mix", "short") == "published":
+        return published_conversations(n, seed=args.seed, rounds_scale=getattr(args, "rounds_scale", 1.0))
+    return synthetic_conversations(n, seed=args.seed, max_words=args.max_words)
 
 
 def build_disk_data(args, model, workdir, resize_backends=("pil",)):
@@ -22,7 +31,7 @@ def build_disk_data(args, model, workdir, resize_backends=("pil",)):
 
     width, height = (int(x) for x in args.source_size.split("x"))
     images = write_synthetic_photos(os.path.join(workdir, "images"), args.n_records, width, height, args.seed)
-    convs = synthetic_conversations(args.n_records, seed=args.seed, max_words=args.max_words)
+    convs = bench_conversations(args)
     records = [{"id": str(i), "image": os.path.basename(images[i]), "conversations": c} for i, c in enumerate(convs)]
     ann = os.path.join(workdir, "bench_train.json")
     with open(ann, "w") as f:
@@ -44,14 +53,29 @@ def build_disk_data(args, model, workdir, resize_backends=("pil",)):
     return datasets, time.perf_counter() - start
 
 
-def loader(dataset, args, group: bool = False, epoch: int = 0):
-    """The training DataLoader; ``group``: the project's LengthGroupedSampler on estimated lengths."""
+def group_lengths(args, model, convs) -> list[int] | None:
+    """Lengths the length-grouped sampler sorts by: ``--group-lengths true`` (what train.py uses when the
+    dataset tokenises: every record's real token count, runner_base._sample_lengths) or ``estimate``
+    (characters / 4 + per-turn constants: issue 9's figures)."""
+    if getattr(args, "group_lengths", "true") != "true":
+        return None
+    encoder = model.chatml
+    cached = dict(encoder._cache)
+    lengths = list(model.preprocess(convs, [1] * len(convs)).lengths)
+    encoder._cache = cached  # leave the training process's text cache as the measured modes would find it
+    return lengths
+
+
+def loader(dataset, args, group: bool = False, epoch: int = 0, lengths=None):
+    """The training DataLoader; ``group``: the project's LengthGroupedSampler on ``lengths`` (default:
+    estimated lengths)."""
     from torch.utils.data import DataLoader
 
     sampler = None
     if group:
         from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
-        lengths = estimate_lengths(dataset.annotation, num_query_token=32)
+        if lengths is None:
+            lengths = estimate_lengths(dataset.annotation, num_query_token=32)
         sampler = LengthGroupedSampler(lengths, args.batch_size, num_replicas=1, rank=0, seed=args.seed,
                                        drop_last=True)
         sampler.set_epoch(epoch)
@@ -65,11 +89,11 @@ class SyntheticBatches:
 
     def __init__(self, model, args, cached: bool, group: bool = False):
         import torch
-        self.convs = synthetic_conversations(max(args.n_records, args.batch_size), seed=args.seed,
-                                             max_words=args.max_words)
+        self.convs = bench_conversations(args, max(args.n_records, args.batch_size))
         if group:  # the length-grouped sampler's order (one mega-batch here)
             from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
-            lengths = estimate_lengths([{"conversations": c, "images": ["x"]} for c in self.convs])
+            lengths = group_lengths(args, model, self.convs) or \
+                estimate_lengths([{"conversations": c, "images": ["x"]} for c in self.convs])
             order = list(LengthGroupedSampler(lengths, args.batch_size, 1, 0, seed=args.seed, drop_last=True))
             self.convs = [self.convs[i] for i in order]
         self.batch_size, self.cached, self.model = args.batch_size, cached, model

@@ -10,7 +10,8 @@ Modes (``--modes``) are presets, or ``name:key=value+...`` starting from ``fast`
 ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1),
 prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor),
 attn (model.vision_attn_implementation sdpa|eager), opt (run.optimizer_impl auto|foreach|for_loop|fused),
-e.g. ``mine:pad=max+ckpt=0``:
+frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1),
+e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0  (the published recipe's LLM batch layout)
   published        = naive + attn=eager + opt=for_loop  (the published code's kernels too)
   fast             = pad=longest,ckpt=0,pack=0,cache=0,group=0,prefix=1,resize=pil (the defaults)
@@ -20,6 +21,10 @@ e.g. ``mine:pad=max+ckpt=0``:
   fast_group_cache = fast + length-grouped batches + cache
   fast_pack_cache  = fast + packing + cache
   fast_tresize, fast_group_tresize = fast, fast_group + resize=tensor (opt-in: within one level of Pillow)
+  best_uncached       = fast_group_tresize + frozen=1 (the frozen-LLM path, every exact skip; issue 22)
+  best_uncached_exact = fast_group + frozen=1 (exact switches only)
+  best_cached         = fast_group_cache + frozen=1
+(the issue-9 presets keep transformers' forward, frozen=0; the model's default is frozen=1)
 Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
 timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
 times; medians are reported. Prints one JSON line.
@@ -33,12 +38,16 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, median, synthetic_conversations  # noqa: E402
-from _train_data import SyntheticBatches, build_disk_data, endless, loader  # noqa: E402
+from _common import emit, median  # noqa: E402
+from _train_data import SyntheticBatches, bench_conversations, build_disk_data, endless, group_lengths, loader  # noqa: E402
 
+# frozen / trim / lastsup / constqkv / imgattn / fattn: model.frozen_llm (models/frozen_llm.py); issue 9's
+# modes below keep transformers' forward (frozen=0) so their figures stay comparable.
 _FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil",
-         "attn": "sdpa", "opt": "auto"}
-_TEXT_KEYS = ("pad", "resize", "attn", "opt")
+         "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1,
+         "fattn": "sdpa"}
+_FROZEN = {"frozen": 1}
+_TEXT_KEYS = ("pad", "resize", "attn", "opt", "fattn")
 PRESETS = {
     "naive": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0},
     # naive + the published code's eager ViT / Q-Former attention and per-parameter AdamW
@@ -52,11 +61,11 @@ PRESETS = {
     # + the opt-in tensor resize (within one level of Pillow's, not identical)
     "fast_tresize": {**_FAST, "resize": "tensor"},
     "fast_group_tresize": {**_FAST, "group": 1, "resize": "tensor"},
+    # issue 22: the frozen-LLM path (every exact skip) on top of the best issue-9 modes
+    "best_uncached": {**_FAST, "group": 1, "resize": "tensor", **_FROZEN},
+    "best_uncached_exact": {**_FAST, "group": 1, **_FROZEN},
+    "best_cached": {**_FAST, "group": 1, "cache": 1, **_FROZEN},
 }
-# Aliases used by benchmarks/gpu_check.sh (gpucheck helper; the speed helper owns the real definitions):
-# today's best modes without / with the feature cache per docs/performance.md.
-PRESETS.setdefault("best_uncached", dict(PRESETS["fast_group_tresize"]))
-PRESETS.setdefault("best_cached", dict(PRESETS["fast_group_cache"]))
 # Peak dense bf16 tensor FLOP/s, for MFU.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -99,13 +108,24 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="LLM and ViT weights")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="CUDA: LLM and ViT weights; CPU: fp32 weights and torch.autocast to this dtype")
     p.add_argument("--data", choices=("disk", "synthetic"), default="disk",
                    help="disk: PNGs decoded + transformed by the DataLoader; synthetic: random pixels in memory")
     p.add_argument("--n-records", type=int, default=256)
     p.add_argument("--source-size", default="640x480", help="WxH of the generated JPEGs (COCO-like)")
     p.add_argument("--max-words", type=int, default=30,
                    help="longest reply in words; 30 gives ~100 text tokens per sample on average")
+    p.add_argument("--data-mix", choices=("short", "published"), default="short",
+                   help="short: 1-2 rounds, ~97 text tokens; published: shaped like the published MiniGPT4-Qwen "
+                        "recipe's benchmark data (1-3 rounds, replies of 4-40 words, ~174 LLM positions at "
+                        "max_txt_len 256, a fifth of the samples longer than 256)")
+    p.add_argument("--rounds-scale", type=float, default=1.0,
+                   help="published mix: rounds per conversation multiplied by this (longer real text)")
+    p.add_argument("--max-txt-len", type=int, default=None, help="override the size's max_txt_len")
+    p.add_argument("--group-lengths", choices=("true", "estimate"), default="true",
+                   help="length-grouped modes sort by the records' true token lengths (what train.py does when the "
+                        "dataset tokenises) or by the character estimate (issue 9's figures)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--text-in", choices=("auto", "loader", "model"), default="auto",
                    help="disk data: conversations tokenised by the dataset's chat processor in the DataLoader "
@@ -155,16 +175,22 @@ def source_key(mode: dict) -> tuple:
 
 
 # ---- model ---------------------------------------------------------------------------------------
-def build_model(args):
+def build_model(args, weights: str | None = None):
+    """``weights``: the weight dtype (default ``args.dtype``; bench_train on CPU passes fp32 and autocasts)."""
     import torch
 
     from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
 
     overrides = {k: v for k, v in SIZES[args.size].items() if v is not None}
+    if getattr(args, "max_txt_len", None):
+        overrides["max_txt_len"] = args.max_txt_len
+        if "llm_config" in overrides:  # rotary table long enough for the longest row
+            overrides["llm_config"] = {**overrides["llm_config"], "max_position_embeddings":
+                                       max(overrides["llm_config"].get("max_position_embeddings", 0), args.max_txt_len)}
     if args.size == "full":
         overrides["vit_sizes"] = None
     overrides.update(freeze_vit=True, freeze_qformer=True, freeze_queries=True, freeze_proj=False,
-                     freeze_llm=True, llm_dtype=args.dtype, vit_precision=args.dtype,
+                     freeze_llm=True, llm_dtype=weights or args.dtype, vit_precision=weights or args.dtype,
                      get_lora=bool(args.lora), lora_r=8, lora_alpha=16, lora_dropout=0.0)
     if args.size == "full" and args.device.startswith("cuda"):
         torch.set_default_device(args.device)  # build the 8B parameters directly on the GPU
@@ -177,6 +203,21 @@ def build_model(args):
         if not hasattr(model, attr):
             raise RuntimeError(f"this Minigpt4Qwen has no {attr!r} switch; the packing/padding wiring is missing")
     return model
+
+
+def weight_dtype(args) -> str:
+    """CUDA: the weights in ``--dtype``; CPU: fp32 weights, ``--dtype`` bf16/fp16 by autocast (the runner's
+    ``run.amp`` on CPU)."""
+    return args.dtype if str(args.device).startswith("cuda") else "fp32"
+
+
+def autocast_context(args):
+    import contextlib
+
+    import torch
+    if str(args.device).startswith("cuda") or args.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype])
 
 
 def configure(model, mode: dict) -> None:
@@ -198,6 +239,12 @@ def configure(model, mode: dict) -> None:
             warnings.simplefilter("ignore", FutureWarning)
             if getattr(llm, "is_gradient_checkpointing", False):
                 llm.gradient_checkpointing_disable()
+    from lavis_lite.models.frozen_llm import FrozenLLMOptions
+    model.frozen_llm = FrozenLLMOptions(
+        enabled=bool(mode.get("frozen", 0)), trim_trailing=bool(mode.get("trim", 1)),
+        last_layer_supervised_only=bool(mode.get("lastsup", 1)), const_text_qkv=bool(mode.get("constqkv", 1)),
+        image_grad_attention=bool(mode.get("imgattn", 1)),
+        attention=mode.get("fattn", "sdpa"))
     model.train()
 
 
@@ -230,9 +277,12 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_steps(model, optimizer, batches, n_steps, device) -> tuple[float, float, int, int]:
+def train_steps(model, optimizer, batches, n_steps, device, autocast=None) -> tuple[float, float, int, int]:
     """(wall seconds, CPU seconds of this process, samples, supervised tokens) of ``n_steps`` steps."""
+    import contextlib
+
     import torch
+    autocast = autocast or contextlib.nullcontext
     samples = tokens = 0
     cuda = str(device).startswith("cuda")
     if cuda:
@@ -240,7 +290,8 @@ def train_steps(model, optimizer, batches, n_steps, device) -> tuple[float, floa
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(n_steps):
         batch = next(batches)
-        out = model(batch)
+        with autocast():
+            out = model(batch)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -278,7 +329,7 @@ def llm_token_stats(model, args) -> dict:
     """Sequence lengths of the benchmark's samples and LLM positions computed per sample in each layout."""
     from lavis_lite.models.packing import padding_stats
 
-    convs = synthetic_conversations(args.n_records, seed=args.seed, max_words=args.max_words)
+    convs = bench_conversations(args)
     lengths = model.preprocess(convs, [1] * len(convs)).lengths
     totals: dict = {}
     for s in range(0, len(lengths) - args.batch_size + 1, args.batch_size):
@@ -287,7 +338,8 @@ def llm_token_stats(model, args) -> dict:
     n = (len(lengths) // args.batch_size) * args.batch_size
     out = {k: round(v / n, 1) for k, v in totals.items() if k != "packed_rows"}
     from lavis_lite.datasets.samplers import LengthGroupedSampler, estimate_lengths
-    est = estimate_lengths([{"conversations": c, "images": ["x"]} for c in convs], num_query_token=model.num_query_token)
+    est = group_lengths(args, model, convs) or \
+        estimate_lengths([{"conversations": c, "images": ["x"]} for c in convs], num_query_token=model.num_query_token)
     order = list(LengthGroupedSampler(est, args.batch_size, 1, 0, seed=args.seed, drop_last=True))
     grouped = [max(lengths[i] for i in order[s:s + args.batch_size]) * args.batch_size
                for s in range(0, len(order), args.batch_size)]
@@ -339,7 +391,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads or 1)
     torch.manual_seed(args.seed)
     modes = parse_modes(args.modes)
-    model = build_model(args)
+    model = build_model(args, weight_dtype(args))
     trainable = [p for p in model.parameters() if p.requires_grad]
     from lavis_lite.runners.runner_base import adamw_implementation
     optimizers = {impl: torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05,
@@ -358,7 +410,9 @@ def main(argv=None) -> dict:
     if args.data == "disk":
         datasets, cache_build_s = build_disk_data(args, model, workdir.name,
                                                   resize_backends={r for _, _, r in keys})
-        sources = {(c, g, r): endless(lambda e, c=c, g=g, r=r: loader(datasets["cache" if c else r], args, bool(g), e))
+        lengths = group_lengths(args, model, bench_conversations(args)) if any(g for _, g, _ in keys) else None
+        sources = {(c, g, r): endless(lambda e, c=c, g=g, r=r: loader(datasets["cache" if c else r], args, bool(g), e,
+                                                                      lengths))
                    for c, g, r in keys}
     else:
         sources = {(c, g, r): iter(SyntheticBatches(model, args, bool(c), bool(g))) for c, g, r in keys}
@@ -380,9 +434,10 @@ def main(argv=None) -> dict:
             configure(model, mode)
             batches = sources[source_key(mode)]
             optimizer = optimizers[mode.get("opt", "auto")]
-            train_steps(model, optimizer, batches, args.warmup, args.device)
+            train_steps(model, optimizer, batches, args.warmup, args.device, lambda: autocast_context(args))
             reset_peak_memory(args.device)
-            elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device)
+            elapsed, cpu, samples, tokens = train_steps(model, optimizer, batches, args.steps, args.device,
+                                                        lambda: autocast_context(args))
             runs[name]["samples_per_s"].append(samples / elapsed)
             runs[name]["samples_per_cpu_s"].append(samples / cpu)
             runs[name]["tokens_per_s"].append(tokens / elapsed)

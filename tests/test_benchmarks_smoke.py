@@ -61,10 +61,63 @@ def test_bench_train(capsys):
         assert f[mode]["samples_per_s"] > 0 and f[mode]["peak_mem_mb"] > 0
     assert f["naive"]["speedup_vs_naive"] == 1.0
     assert r["config"]["modes"]["naive"] == {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0,
-                                             "prefix": 0, "resize": "pil", "attn": "sdpa", "opt": "auto"}
+                                             "prefix": 0, "resize": "pil", "attn": "sdpa", "opt": "auto",
+                                             "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
     assert r["config"]["modes"]["fast_group_tresize"]["resize"] == "tensor"
     t = f["llm_tokens"]
     assert t["packed"] <= t["pad_to_longest"] <= t["pad_to_max"] and t["real_tokens"] <= t["packed"]
+
+
+@pytest.mark.slow
+def test_bench_train_published_mix_best_modes_bf16(capsys):
+    """The issue-22 table's modes on the published data mix, CPU bf16 autocast (fp32 weights)."""
+    r = run_bench("bench_train", ["--size", "tiny", "--data-mix", "published", "--dtype", "bf16",
+                                  "--modes", "published,best_uncached,best_cached", "--n-records", "16",
+                                  "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                                  "--source-size", "64x48"], capsys)
+    f = r["figures"]
+    for mode in ("published", "best_uncached", "best_cached"):
+        assert f[mode]["samples_per_cpu_s"] > 0 and f[mode]["supervised_tokens_per_s"] > 0
+    assert r["config"]["data_mix"] == "published" and r["config"]["dtype"] == "bf16"
+    assert f["llm_tokens"]["mean_seq_len"] > 0
+
+
+def test_published_conversations_shape():
+    import sys
+    sys.path.insert(0, BENCH_DIR)
+    try:
+        from _common import published_conversations
+    finally:
+        sys.path.remove(BENCH_DIR)
+    convs = published_conversations(200, seed=3)
+    assert convs == published_conversations(200, seed=3)  # seeded
+    rounds = [len(c) // 2 for c in convs]
+    assert set(rounds) == {1, 2, 3}
+    for conv in convs:
+        assert conv[0]["value"].startswith("<ImageHere> ")
+        assert sum(t["value"].count("<ImageHere>") for t in conv) == 1
+        assert all(4 <= len(t["value"].split()) <= 40 for t in conv[1::2])
+    longer = published_conversations(50, seed=3, rounds_scale=4.0)
+    assert min(len(c) for c in longer) >= 8
+
+
+def test_compare_loss_curves():
+    import sys
+    sys.path.insert(0, BENCH_DIR)
+    try:
+        import compare_loss_curves as clc
+    finally:
+        sys.path.remove(BENCH_DIR)
+    a = [{"kind": "train", "step": s, "loss": 2.0 - 0.1 * s} for s in range(1, 11)]
+    b = [{"kind": "train", "step": s, "loss": 2.0 - 0.1 * s + (0.05 if s == 4 else 0.0)} for s in range(1, 12)]
+    b.append({"kind": "eval", "split": "val", "step": 10, "loss": 1.5, "token_acc": 0.5})
+    r = clc.compare(a, b, smooth=2)
+    assert r["steps"] == 10 and r["last_step"] == 10
+    assert abs(r["max_abs_diff"] - 0.05) < 1e-9 and abs(r["mean_abs_diff"] - 0.005) < 1e-9
+    assert abs(r["max_abs_diff_ma2"] - 0.025) < 1e-9
+    assert r["final_loss"] == [1.0, 1.0] and r["val"][1] == [{"step": 10, "loss": 1.5, "token_acc": 0.5}]
+    with pytest.raises(ValueError, match="no training step"):
+        clc.compare(a, [{"kind": "eval", "step": 1}])
 
 
 @pytest.mark.slow
@@ -87,8 +140,11 @@ def test_bench_train_rejects_unknown_mode_key():
         sys.path.remove(BENCH_DIR)
     assert module.parse_modes("naive,mine:pad=max+pack=0+resize=tensor")["mine"] == {
         "pad": "max", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "tensor",
-        "attn": "sdpa", "opt": "auto"}
+        "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
     assert module.parse_modes("published")["published"]["attn"] == "eager"
+    assert module.parse_modes("published")["published"]["frozen"] == 0  # the original recipe's forward
+    assert module.parse_modes("best_cached")["best_cached"]["frozen"] == 1
+    assert module.parse_modes("x:frozen=1+lastsup=0")["x"]["lastsup"] == 0
     with pytest.raises(ValueError, match="unknown key"):
         module.parse_modes("x:flash=1")
     with pytest.raises(ValueError, match="unknown mode"):

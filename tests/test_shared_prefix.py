@@ -20,6 +20,7 @@ def _samples():
 
 def _model(**overrides):
     torch.manual_seed(0)
+    overrides.setdefault("frozen_llm", False)  # transformers' forward; the frozen-LLM path: test_frozen_llm.py
     return Minigpt4Qwen.from_pretrained("tiny", max_txt_len=160, **overrides).train()
 
 

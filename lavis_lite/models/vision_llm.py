@@ -28,6 +28,7 @@ from lavis_lite.models.attention import set_attn_implementation
 from lavis_lite.models.blip2 import Blip2Base
 from lavis_lite.models.conversation_encoder import IGNORE_INDEX
 from lavis_lite.models import llm as llm_utils
+from lavis_lite.models.frozen_llm import FrozenLLMOptions, supervised_hidden, unsupported_reason
 from lavis_lite.models.packing import additive_mask, block_causal_mask
 from lavis_lite.models.shared_prefix import can_share_prefix, forward_with_shared_prefix, shared_prefix_length
 from lavis_lite.processors.chat_processor import ChatTemplateProcessor, place_new_images, prompt_conversations
@@ -50,7 +51,7 @@ class VisionLLMBase(Blip2Base):
                  lora_include_mlp=False, max_txt_len=512, system_message=None,
                  enable_autocast=False, autocast_dtype="bf16", packing=False, pad_to_max_txt_len=False,
                  preprocess_cache_size=100_000, fast_tokenize=True, share_prefix=True,
-                 vision_attn_implementation="sdpa"):
+                 vision_attn_implementation="sdpa", frozen_llm=None):
         super().__init__()
         if not llm_model and not llm_config:  # fail before building a 1B-parameter ViT
             raise ValueError("Set model.llm_model to a local folder with the LLM, or give model.llm_config for a "
@@ -69,6 +70,8 @@ class VisionLLMBase(Blip2Base):
         self.packing, self.pad_to_max_txt_len = bool(packing), bool(pad_to_max_txt_len)
         # Frozen LLM: run the tokens all rows start with once per batch (models/shared_prefix.py).
         self.share_prefix = bool(share_prefix)
+        # Frozen LLM: a training forward that skips what the loss cannot see (models/frozen_llm.py).
+        self.frozen_llm = FrozenLLMOptions.from_config(frozen_llm)
         self.autocast_dtype = llm_utils.dtype_of(autocast_dtype)
 
         if vit_checkpoint:
@@ -298,11 +301,18 @@ class VisionLLMBase(Blip2Base):
         decoder = self.llm_model.get_decoder() if hasattr(self.llm_model, "get_decoder") else None
         return decoder if decoder is not self.llm_model else None
 
-    def _supervised_logits(self, inputs_embeds, attention_mask, labels, position_ids=None, prefix_len=0):
+    def _supervised_logits(self, inputs_embeds, attention_mask, labels, position_ids=None, prefix_len=0,
+                           grad_cols=None):
         """Logits only where a next token is supervised (saves the [B, L, vocab] tensor).
-        ``prefix_len``: leading positions shared by every row, run once (see shared_prefix.py)."""
+        ``prefix_len``: leading positions shared by every row, run once (see shared_prefix.py);
+        ``grad_cols``: columns holding image tokens (the frozen-LLM path's layer-0 skip)."""
         decoder, head = self._decoder(), self.llm_model.get_output_embeddings()
         hidden = logits = None
+        if (self.frozen_llm.enabled and position_ids is None and head is not None and attention_mask is not None
+                and attention_mask.dim() == 2 and unsupported_reason(self.llm_model, decoder) is None):
+            hidden, targets = supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len,
+                                                grad_cols, self.frozen_llm)
+            return head(hidden), targets
         if prefix_len:
             hidden = forward_with_shared_prefix(decoder, inputs_embeds, attention_mask, prefix_len)
         elif decoder is not None and head is not None:
@@ -352,7 +362,8 @@ class VisionLLMBase(Blip2Base):
             attention_mask, position_ids = self._attention(samples, inputs_embeds.dtype)
             prefix = self._shared_prefix_len(input_ids, samples["attention_mask"], labels,
                                              samples.get("segment_ids") is not None)
-            logits, targets = self._supervised_logits(inputs_embeds, attention_mask, labels, position_ids, prefix)
+            logits, targets = self._supervised_logits(inputs_embeds, attention_mask, labels, position_ids, prefix,
+                                                      (input_ids == self.image_token_id).any(0))
         n_tokens = int(targets.numel())
         logits = logits.float()
         if n_tokens == 0:
