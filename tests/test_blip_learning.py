@@ -82,7 +82,9 @@ def test_blip_feature_extractor_ranks_the_matching_caption_first_after_itc(tmp_p
     from omegaconf import OmegaConf
     data = make_demo_data(str(tmp_path / "demo"), n=600)
     # the demo's descriptive captions ("a red circle on a gray background."): one per image
-    train = [r for r in json.load(open(os.path.join(data, "caption", "train.json")))
+    # ITC ids per image: the demo's train ids group images by what its stage-1 captions state (count /
+    # position layouts by count or position only), which would make images of other colours positives here
+    train = [{**r, "image_id": r["image"]} for r in json.load(open(os.path.join(data, "caption", "train.json")))
              if not r["caption"].startswith("a picture of")]
     with open(os.path.join(data, "caption", "train_descriptive.json"), "w") as f:
         json.dump(train, f)
