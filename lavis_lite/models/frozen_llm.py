@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from lavis_lite.models.frozen_attention import image_column_attention
+from lavis_lite.models.shared_prefix import grad_checkpointing_on, llm_is_frozen
 
 IGNORE_INDEX = -100
 SUPPORTED = ("Qwen2Model", "Qwen3Model", "LlamaModel", "MistralModel")
@@ -72,10 +73,9 @@ def unsupported_reason(llm, decoder) -> str | None:
         return f"decoder {type(decoder).__name__} is not one of {SUPPORTED}"
     if not type(decoder).__module__.startswith("transformers.models."):
         return "not a transformers model"
-    if any(p.requires_grad for p in llm.parameters()):
+    if not llm_is_frozen(llm):
         return "an LLM weight trains"
-    from lavis_lite.models.llm import is_grad_checkpointing
-    if is_grad_checkpointing(llm) or getattr(decoder, "gradient_checkpointing", False):
+    if grad_checkpointing_on(llm, decoder):
         return "LLM gradient checkpointing is on"
     cfg = decoder.config
     if getattr(cfg, "use_sliding_window", False) or getattr(cfg, "sliding_window", None) and \
@@ -100,30 +100,35 @@ def _heads(attn, x, proj, norm):
     return out.transpose(1, 2)  # [B, H, T, d]
 
 
+def _q(layer, x, cos, sin):
+    """Rotated queries of normed hidden states ``x`` [B, T, D]."""
+    attn = layer.self_attn
+    return _rope(_heads(attn, x, attn.q_proj, getattr(attn, "q_norm", None)), cos, sin)
+
+
+def _kv(layer, x, cos, sin):
+    """Rotated keys and the values of normed hidden states ``x``."""
+    attn = layer.self_attn
+    return _rope(_heads(attn, x, attn.k_proj, getattr(attn, "k_norm", None)), cos, sin), \
+        _heads(attn, x, attn.v_proj, None)
+
+
 def _qkv(layer, h, cos, sin):
     """Layer input norm + rotated q, k and v of hidden states ``h`` [B, T, D]."""
-    attn = layer.self_attn
     x = layer.input_layernorm(h)
-    q = _rope(_heads(attn, x, attn.q_proj, getattr(attn, "q_norm", None)), cos, sin)
-    k = _rope(_heads(attn, x, attn.k_proj, getattr(attn, "k_norm", None)), cos, sin)
-    return q, k, _heads(attn, x, attn.v_proj, None)
+    return (_q(layer, x, cos, sin), *_kv(layer, x, cos, sin))
 
 
-def _kv(layer, h, cos, sin):
-    attn = layer.self_attn
-    x = layer.input_layernorm(h)
-    k = _rope(_heads(attn, x, attn.k_proj, getattr(attn, "k_norm", None)), cos, sin)
-    return k, _heads(attn, x, attn.v_proj, None)
-
-
-def _q(layer, h, cos, sin):
-    attn = layer.self_attn
-    return _rope(_heads(attn, layer.input_layernorm(h), attn.q_proj, getattr(attn, "q_norm", None)), cos, sin)
+def _mlp_block(layer, h):
+    """Post-attention norm, SwiGLU MLP and residual."""
+    mlp = layer.mlp
+    x = layer.post_attention_layernorm(h)
+    return h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
 
 
 def _math_attention(q, k, v, mask, scale):
-    """softmax(q k^T * scale + mask) v with grouped KV heads, as explicit matrix products: on CPU its
-    backward is several times cheaper than the fused SDPA kernel's at these lengths (docs/performance.md)."""
+    """softmax(q k^T * scale + mask) v with grouped KV heads, as explicit matrix products (off by default:
+    measured 14% slower per step than the fused SDPA kernel on CPU, docs/performance.md)."""
     batch, heads, steps, dim = q.shape
     kv_heads, n_keys = k.shape[1], k.shape[2]
     groups = heads // kv_heads
@@ -148,14 +153,11 @@ def _attend_mlp(layer, h, q, k, v, mask, causal: bool, math: bool = False, span=
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                              scale=attn.scaling, enable_gqa=groups > 1)
-    h = h + attn.o_proj(out.transpose(1, 2).flatten(2))
-    mlp = layer.mlp
-    x = layer.post_attention_layernorm(h)
-    return h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+    return _mlp_block(layer, h + attn.o_proj(out.transpose(1, 2).flatten(2)))
 
 
 # ---- the forward ----------------------------------------------------------------------------------
-def _prefix_kv(decoder, prefix_embeds, opts):
+def _prefix_kv(decoder, prefix_embeds):
     """Keys and values of every layer for the shared prefix (one row, no autograd)."""
     n = prefix_embeds.shape[1]
     pos = torch.arange(n, device=prefix_embeds.device)[None]
@@ -202,7 +204,7 @@ def supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len
     pos = torch.arange(prefix_len, end, device=device)
     cos, sin = decoder.rotary_emb(h, pos[None])
     cos, sin = cos[:, None], sin[:, None]  # [1, 1, T, d]
-    prefix = _prefix_kv(decoder, inputs_embeds[:1, :prefix_len].detach(), opts) if prefix_len else None
+    prefix = _prefix_kv(decoder, inputs_embeds[:1, :prefix_len].detach()) if prefix_len else None
     n_keys = prefix_len + steps
     mask = None
     if prefix_len or not right_padded:
@@ -219,7 +221,7 @@ def supervised_hidden(decoder, inputs_embeds, attention_mask, labels, prefix_len
     last = len(layers) - 1
     for i, layer in enumerate(layers):
         if i == last and opts.last_layer_supervised_only:
-            k, v = _kv(layer, h, cos, sin)
+            k, v = _kv(layer, layer.input_layernorm(h), cos, sin)
             if prefix is not None:
                 k, v = _with_prefix(prefix[i], k, v, batch)
             return _last_layer_supervised(decoder, layer, h, k, v, select, pos, cos, sin, attention_mask,
@@ -270,7 +272,7 @@ def _last_layer_supervised(decoder, layer, h, k, v, select, pos, cos, sin, atten
     cols = idx[valid]  # [N], row-major like h[select]
     hq = h[select]  # [N, D]
     attn = layer.self_attn
-    q = _q(layer, hq[None], cos[:, :, cols], sin[:, :, cols])[0].transpose(0, 1)  # [N, H, d]
+    q = _q(layer, layer.input_layernorm(hq[None]), cos[:, :, cols], sin[:, :, cols])[0].transpose(0, 1)  # [N, H, d]
     block = q.new_zeros(*idx.shape, *q.shape[1:])
     block[valid] = q
     mask = _causal_mask(pos[idx], k.shape[2], h.device)[:, None]  # [B, 1, W, K]
@@ -282,7 +284,4 @@ def _last_layer_supervised(decoder, layer, h, k, v, select, pos, cos, sin, atten
     else:
         out = F.scaled_dot_product_attention(block, k, v, attn_mask=mask, scale=attn.scaling,
                                              enable_gqa=block.shape[1] > k.shape[1])
-    out = hq + attn.o_proj(out.transpose(1, 2)[valid].flatten(1))  # [N, D]
-    mlp = layer.mlp
-    x = layer.post_attention_layernorm(out)
-    return decoder.norm(out + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)))
+    return decoder.norm(_mlp_block(layer, hq + attn.o_proj(out.transpose(1, 2)[valid].flatten(1))))  # [N, D]

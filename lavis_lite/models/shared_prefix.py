@@ -54,16 +54,18 @@ def llm_is_frozen(llm: nn.Module) -> bool:
     return not any(p.requires_grad for p in llm.parameters())
 
 
+def grad_checkpointing_on(llm: nn.Module, decoder: nn.Module | None) -> bool:
+    from lavis_lite.models.llm import is_grad_checkpointing
+    return is_grad_checkpointing(llm) or bool(getattr(decoder, "gradient_checkpointing", False))
+
+
 def can_share_prefix(llm: nn.Module, decoder: nn.Module | None) -> bool:
     """The LLM qualifies: frozen, no gradient checkpointing, a separate decoder returning a KV cache."""
     if decoder is None or decoder is llm:
         return False
     if not type(decoder).__module__.startswith("transformers.models."):
         return False  # remote code (Qwen-1) keeps its own past-key-value layout
-    if not llm_is_frozen(llm):
-        return False
-    from lavis_lite.models.llm import is_grad_checkpointing
-    return not (is_grad_checkpointing(llm) or getattr(decoder, "gradient_checkpointing", False))
+    return llm_is_frozen(llm) and not grad_checkpointing_on(llm, decoder)
 
 
 def forward_with_shared_prefix(decoder: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
