@@ -6,6 +6,7 @@ import os
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -261,3 +262,61 @@ def test_caption_batches_feed_blip2_stage1(tmp_path, demo_dir):
     assert len(set(ids[:-1])) == 1 and ids[-1] != ids[0]
     out = load_model("blip2", "tiny")(batch)
     assert torch.isfinite(out["loss"])
+
+
+def _shape_pixels(path, fill):
+    pixels = [tuple(c) for c in np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).tolist()]
+    return [(i % 32, i // 32) for i, c in enumerate(pixels) if c == fill], set(pixels)
+
+
+def test_contrast_sets_are_new_train_images_in_one_batch_group(tmp_path, demo_dir):
+    out = tmp_path / "c"
+    demo.generate(str(out), n=N, seed=0, contrast=("position", "count"))
+    # only the stage-1 caption file and the new images change: every other file is identical
+    for sub in ("instruction", "llava", "vqa"):
+        for split in ("train", "val", "test"):
+            assert _load(out / sub / f"{split}.json") == _load(demo_dir / sub / f"{split}.json")
+    for split in ("val", "test"):
+        assert _load(out / "caption" / f"{split}.json") == _load(demo_dir / "caption" / f"{split}.json")
+    held_out = {p for split in ("val", "test") for r in _load(out / "instruction" / f"{split}.json")
+                for p in (r["image"] if isinstance(r["image"], list) else [r["image"]])}
+    params_of = {}
+    for rec in _load(out / "instruction" / "train.json"):
+        imgs = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
+        params_of.update(zip(imgs, rec["params"]))
+    groups, captions = {}, {}
+    for r in _load(out / "caption" / "train.json"):
+        assert r["image"] not in held_out and r["image"].startswith("train/")
+        captions.setdefault(r["image"], []).append(r)
+        if "batch_group" in r:
+            groups.setdefault(r["batch_group"], set()).add(r["image"])
+    laid_out = Counter(p["layout"] for p in params_of.values())
+    assert len(groups) == laid_out["position"] + laid_out["count"] > 0
+    for images in groups.values():
+        (orig,) = [i for i in images if i in params_of]  # one instruction image, the rest contrast images
+        p = params_of[orig]
+        fill, bg = demo.COLOURS[p["shapes"][0]["colour"]], demo.BACKGROUNDS[p["background"]]
+        assert len(images) == (4 if p["layout"] == "position" else 3)
+        assert len({captions[i][0]["image_id"] for i in images}) == len(images)  # each its own ITC id
+        seen = set()
+        for img in images:
+            assert img == orig or "_contrast" in img
+            assert {c["batch_group"] for c in captions[img]} == {captions[orig][0]["batch_group"]}
+            xy, colours = _shape_pixels(out / "images" / img, fill)
+            assert bg in colours and len(xy) > 20  # same background, same colour
+            if p["layout"] == "position":  # where the shape's pixels are: a position of its own
+                cx, cy = sum(x for x, _ in xy) / len(xy), sum(y for _, y in xy) / len(xy)
+                seen.add(demo.position_of({"shapes": [{"cx": cx, "cy": cy}]}, 32))
+            else:  # shapes in distinct quadrants: a count of its own
+                seen.add(len({(x >= 16, y >= 16) for x, y in xy}))
+        assert len(seen) == len(images)
+    with pytest.raises(ValueError, match="position and count"):
+        demo.generate(str(tmp_path / "bad"), n=N, contrast=("colour",))
+
+
+def test_contrast_groups_reach_the_caption_dataset(tmp_path):
+    demo.generate(str(tmp_path / "d"), n=N, seed=0, contrast=("position",))
+    ds = load_dataset("caption", cfg_path=_run_yaml(tmp_path, tmp_path / "d", "caption", "caption"))["train"]
+    keys = [r.get("batch_group") for r in ds.annotation]
+    assert 0 < sum(k is not None for k in keys) < len(keys)
+    assert set(Counter(k for k in keys if k is not None).values()) == {8}  # 4 images x 2 captions

@@ -57,6 +57,7 @@ class RunKeys:
     valid_splits: List[str] = field(default_factory=list)
     test_splits: List[str] = field(default_factory=list)
     length_grouped_sampler: bool = False
+    batch_group_key: Optional[str] = None  # records sharing this field's value share a batch (group_sampler.py)
     feature_cache: Any = None
     # optimisation
     lr_sched: str = "linear_warmup_cosine_lr"

@@ -8,7 +8,10 @@ Writes (layout of docs/contracts.md):
     DIR/instruction/captions_<split>.json  image -> caption, every drawn image (the alignment stage)
     DIR/llava/<split>.json           the same records as LLaVA conversations
     DIR/caption/<split>.json         Karpathy format (train: one record per caption, image_id = the content
-                                     the captions state; val/test: one per image, image_id = the image)
+                                     the captions state; val/test: one per image, image_id = the image);
+                                     with --contrast, train also holds each position / count train image's
+                                     contrast set (images/train/*_contrastK.png: the same shapes at the
+                                     other positions / counts) under one "batch_group" (run.batch_group_key)
     DIR/caption/<split>_gt.json      COCO caption ground truth (pycocoevalcap)
     DIR/vqa/<split>.json             single-image questions, COCO-VQA style
     DIR/shards/<split>-NNNNNN.tar    webdataset shards of the instruction records (N.png + json)
@@ -95,12 +98,31 @@ def count_params(rng: random.Random, S: int) -> dict:
             "shapes": [_shape(rng, shape, colour, x, y, size) for x, y in slots]}
 
 
-def position_params(rng: random.Random, S: int) -> dict:
-    where = rng.choice(POSITIONS)
-    x, y = {"left": (S // 4, S // 2), "right": (3 * S // 4, S // 2),
+def position_xy(where: str, S: int) -> tuple[int, int]:
+    return {"left": (S // 4, S // 2), "right": (3 * S // 4, S // 2),
             "top": (S // 2, S // 4), "bottom": (S // 2, 3 * S // 4)}[where]
+
+
+def position_params(rng: random.Random, S: int) -> dict:
+    x, y = position_xy(rng.choice(POSITIONS), S)
     return {"layout": "position", "background": rng.choice(list(BACKGROUNDS)),
             "shapes": [_shape(rng, None, None, x, y, max(3, round(0.38 * S)))]}
+
+
+def contrast_params(params: dict, S: int, rng: random.Random) -> list[dict]:
+    """The same shapes, colour and background as a position or count layout, at every other position or
+    count: images that differ from ``params`` only in what is asked about it (stage-1 ITC negatives)."""
+    layout, first = params.get("layout"), params["shapes"][0]
+    if layout == "position":
+        return [{"layout": "position", "background": params["background"],
+                 "shapes": [{**first, "cx": x, "cy": y}]}
+                for x, y in (position_xy(w, S) for w in POSITIONS if w != position_of(params, S))]
+    if layout == "count":
+        slots = [(S // 4, S // 4), (3 * S // 4, S // 4), (S // 4, 3 * S // 4), (3 * S // 4, 3 * S // 4)]
+        return [{"layout": "count", "background": params["background"],
+                 "shapes": [{**first, "cx": x, "cy": y} for x, y in rng.sample(slots, n)]}
+                for n in NUMBER_WORDS if n != len(params["shapes"])]
+    raise ValueError(f"no contrast images for layout {layout!r} (position and count only)")
 
 
 # ---- answers (pure functions of the drawn parameters; tests re-derive them) -------------------
@@ -196,10 +218,13 @@ def _kinds_of_split(rng, split: str, n_split: int, per_type: int | None) -> list
 
 
 def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4,
-             val_per_type: int | None = None, test_per_type: int | None = None, mix: dict | None = None) -> dict:
+             val_per_type: int | None = None, test_per_type: int | None = None, mix: dict | None = None,
+             contrast: tuple[str, ...] = ()) -> dict:
     """Write the demo data set under ``out``; returns {split: number of instruction records}.
     ``val_per_type`` / ``test_per_type``: stratify that held-out split, that many records per question
-    type (else it is ``SPLIT_FRACTIONS`` of ``n`` drawn from the mix); ``mix``: train kinds' shares."""
+    type (else it is ``SPLIT_FRACTIONS`` of ``n`` drawn from the mix); ``mix``: train kinds' shares;
+    ``contrast``: layouts ("position", "count") whose train images get a contrast set in the stage-1
+    captions (``contrast_params``; drawn from their own random stream, so the other files do not change)."""
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
     mix = dict(mix or QUESTION_MIX)
@@ -207,6 +232,10 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
     if unknown:
         raise ValueError(f"unknown question kinds in the mix: {sorted(unknown)} (known: {list(QUESTION_MIX)})")
     rng = random.Random(seed)
+    unknown = set(contrast) - {"position", "count"}
+    if unknown:
+        raise ValueError(f"contrast sets exist for the position and count layouts only, got {sorted(unknown)}")
+    contrast_rng = random.Random(seed + 7919)
     per_type = {"val": val_per_type, "test": test_per_type}
     sizes = _split_sizes(n)
     sizes.update({s: k * len(QUESTION_TYPES) for s, k in per_type.items() if k})
@@ -236,7 +265,17 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                 # are one image to ITC (positives), not each other's negatives: for one centred shape the
                 # whole caption (background included: "describe" asks it); for count and position
                 # layouts what both captions state (what is asked there). docs/demo_diagnosis.md.
-                cap_train += [{"image": rel, "caption": c, "image_id": itc_id_of(params, size)} for c in caps]
+                group = {}
+                if split == "train" and params.get("layout") in contrast:
+                    # Contrast set (stage-1 captions only): the same shape(s) at the other positions /
+                    # counts, new train images, one batch_group with this image (run.batch_group_key).
+                    group = {"batch_group": rid}
+                    for c, other in enumerate(contrast_params(params, size, contrast_rng)):
+                        crel = f"{split}/{r:06d}{suffix}_contrast{c}.png"
+                        draw_image(other, size).save(os.path.join(out, "images", crel))
+                        cap_train += [{"image": crel, "caption": caption_of(other, size, v),
+                                       "image_id": itc_id_of(other, size), **group} for v in (0, 1)]
+                cap_train += [{"image": rel, "caption": c, "image_id": itc_id_of(params, size), **group} for c in caps]
                 cap_eval.append({"image": rel, "caption": caps, "image_id": image_id})
                 # MiniGPT-4's first stage: the image alone, then its caption (both wordings, alternately)
                 align.append({"id": f"{rid}{suffix}", "image": rel, "instruction": TAG,
@@ -282,7 +321,7 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
 def meta_of(args) -> dict:
     return {"version": DATA_VERSION, "n": args.n, "seed": args.seed, "size": args.size, "shards": args.shards,
             "val_per_type": args.val_per_type, "test_per_type": args.test_per_type,
-            "mix": json.loads(args.mix) if args.mix else QUESTION_MIX}
+            "mix": json.loads(args.mix) if args.mix else QUESTION_MIX, "contrast": args.contrast}
 
 
 def _dump(path: str, obj) -> None:
@@ -356,6 +395,9 @@ def main(argv=None) -> None:
     parser.add_argument("--test-per-type", type=int, default=None,
                         help="stratified test split: this many records of every question type")
     parser.add_argument("--mix", default=None, help='train question mix as JSON, e.g. {"colour": 0.1, ...}')
+    parser.add_argument("--contrast", nargs="*", default=[], choices=("position", "count"),
+                        help="layouts whose train images get stage-1 contrast sets (the same shapes at the "
+                             "other positions / counts, one batch_group)")
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep an existing data folder whose {META_FILE} matches these arguments")
     parser.add_argument("--preview", default=None, help="also write a PNG of a few samples here")
@@ -371,7 +413,7 @@ def main(argv=None) -> None:
     start = time.time()
     counts = generate(args.out, n=args.n, seed=args.seed, size=args.size, n_shards=args.shards,
                       val_per_type=args.val_per_type, test_per_type=args.test_per_type,
-                      mix=json.loads(args.mix) if args.mix else None)
+                      mix=json.loads(args.mix) if args.mix else None, contrast=tuple(args.contrast))
     _dump(meta_path, meta)
     if args.preview:
         write_preview(args.out, args.preview)

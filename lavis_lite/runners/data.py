@@ -41,9 +41,13 @@ class BatchSource:
     """One training dataset as an endless batch stream with position ``(epoch, offset)``."""
 
     def __init__(self, dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int = 42,
-                 pin_memory: bool = False, name: str = "train", lengths: list[int] | None = None):
+                 pin_memory: bool = False, name: str = "train", lengths: list[int] | None = None,
+                 groups: list | None = None):
         self.dataset, self.batch_size, self.num_workers = dataset, int(batch_size), int(num_workers)
         self.lengths = lengths  # given: batches of similar length (run.length_grouped_sampler)
+        self.groups = groups  # given: a group key per record, kept in one batch (run.batch_group_key)
+        if lengths is not None and groups is not None:
+            raise ValueError("run.length_grouped_sampler and run.batch_group_key cannot both order the batches")
         self.seed, self.pin_memory, self.name = int(seed), pin_memory, name
         self.iterable = isinstance(dataset, IterableDataset)
         self.epoch, self.offset, self._it = 0, 0, None
@@ -64,7 +68,11 @@ class BatchSource:
                       collate_fn=collate_fn_of(self.dataset), generator=gen, drop_last=True)
         if self.iterable:
             return DataLoader(self.dataset, **kwargs)
-        if self.lengths is not None:
+        if self.groups is not None:
+            from lavis_lite.datasets.group_sampler import GroupedBatchSampler
+            sampler = GroupedBatchSampler(self.groups, self.batch_size, dist_utils.get_world_size(),
+                                          dist_utils.get_rank(), seed=self.seed)
+        elif self.lengths is not None:
             from lavis_lite.datasets.samplers import LengthGroupedSampler
             sampler = LengthGroupedSampler(self.lengths, self.batch_size, dist_utils.get_world_size(),
                                            dist_utils.get_rank(), shuffle=True, seed=self.seed, drop_last=True)

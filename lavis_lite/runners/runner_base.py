@@ -268,7 +268,8 @@ class RunnerBase(CheckpointingMixin):
                         sources.append(BatchSource(
                             self.datasets[name][split], self.run_cfg.batch_size_train,
                             int(self.run_cfg.get("num_workers", 0)), seed, self.device.type == "cuda", name=name,
-                            lengths=self._sample_lengths(self.datasets[name][split])))
+                            lengths=self._sample_lengths(self.datasets[name][split]),
+                            groups=self._batch_groups(self.datasets[name][split])))
                         ratios.append(self.config.datasets_cfg.get(name, {}).get("sample_ratio", None))
             given = [r is not None for r in ratios]
             if any(given) and not all(given):
@@ -276,6 +277,22 @@ class RunnerBase(CheckpointingMixin):
                                  f"set on {[n for n, g in zip(names, given) if g]}")
             self._stream = TrainStream(sources, [float(r) for r in ratios] if all(given) else None, seed)
         return self._stream
+
+    def _batch_groups(self, dataset):
+        """run.batch_group_key: that field of every training record; equal keys share a batch
+        (datasets/group_sampler.py)."""
+        key = self.run_cfg.get("batch_group_key", None)
+        if not key:
+            return None
+        annotation = getattr(dataset, "annotation", None)
+        if annotation is None:
+            raise ValueError(f"run.batch_group_key={key!r} needs a dataset with records (annotation); "
+                             f"{type(dataset).__name__} has none")
+        keys = [rec.get(key) for rec in annotation]
+        if all(k is None for k in keys):
+            raise ValueError(f"run.batch_group_key={key!r}: no training record of {type(dataset).__name__} has "
+                             "that field")
+        return keys
 
     def _sample_lengths(self, dataset):
         """run.length_grouped_sampler: the records' true token lengths where the dataset tokenises them

@@ -41,8 +41,8 @@ class CaptionDataset(BaseDataset):
         key = record.get("image_id", image)
         if key not in self.img_ids:
             self.img_ids[key] = len(self.img_ids)
-        return {"image": image, "caption": caption, "image_id": self.img_ids[key],
-                **({"instance_id": record["instance_id"]} if "instance_id" in record else {})}
+        kept = {k: record[k] for k in ("instance_id", "batch_group") if k in record}  # batch_group: group_sampler
+        return {"image": image, "caption": caption, "image_id": self.img_ids[key], **kept}
 
     def load_sample(self, index: int) -> dict:
         ann = self.annotation[index]
