@@ -2,7 +2,7 @@
 
     python benchmarks/demo_probe_stage1.py output/demo/stage1/checkpoint_best [--train 256 --test 400]
 
-Draws position and count layouts with the demo generator's own functions (a fixed seed, not the data
+Draws position and count layouts (and centred shapes: shape, background) with the demo generator's own functions (a fixed seed, not the data
 set's images), encodes them with the stage-1 checkpoint (as minigpt4qwen `tiny` loads it) and trains a
 linear probe (benchmarks/demo_diagnosis.py `probe`) on ``--train`` images, scored on ``--test`` others:
   vit_concat  the ViT patch tokens (ln_vision), concatenated: what the vision side holds;
@@ -37,6 +37,10 @@ def encode(model, params: list[dict], size: int = 32):
 
 
 def label(what: str, params: dict, size: int = 32) -> int:
+    if what == "shape":
+        return demo_data.SHAPES.index(params["shapes"][0]["shape"])
+    if what == "background":
+        return list(demo_data.BACKGROUNDS).index(params["background"])
     if what == "count":
         return len(params["shapes"]) - 1
     return demo_data.POSITIONS.index(demo_data.position_of(params, size))
@@ -47,7 +51,9 @@ def probe_stage1(stage1: str, n_train: int = 256, n_test: int = 400, seed: int =
     model = dd.build_model(stage1, {})
     model.eval()
     rng, out = random.Random(seed), {}
-    for what, draw in (("position", demo_data.position_params), ("count", demo_data.count_params)):
+    centred = demo_data.single_params
+    for what, draw in (("position", demo_data.position_params), ("count", demo_data.count_params),
+                       ("shape", centred), ("background", centred)):
         params = [draw(rng, 32) for _ in range(n_train + n_test)]
         y = torch.tensor([label(what, p) for p in params])
         vit, q = encode(model, params)

@@ -320,3 +320,19 @@ def test_contrast_groups_reach_the_caption_dataset(tmp_path):
     keys = [r.get("batch_group") for r in ds.annotation]
     assert 0 < sum(k is not None for k in keys) < len(keys)
     assert set(Counter(k for k in keys if k is not None).values()) == {8}  # 4 images x 2 captions
+
+
+def test_stage1_skip_leaves_a_kind_out_of_the_stage1_captions_only(tmp_path, demo_dir):
+    demo.generate(str(tmp_path / "s"), n=N, seed=0, stage1_skip=("compare",))
+    train = _load(tmp_path / "s" / "instruction" / "train.json")
+    assert train == _load(demo_dir / "instruction" / "train.json")
+    compare = {p for r in train if r["question_type"] == "compare" for p in r["image"]}
+    captioned = {r["image"] for r in _load(tmp_path / "s" / "caption" / "train.json")}
+    before = {r["image"] for r in _load(demo_dir / "caption" / "train.json")}
+    assert compare and compare <= before and not compare & captioned
+    assert captioned == before - compare
+    # the alignment captions and the held-out caption files keep every image
+    assert {r["image"] for r in _load(tmp_path / "s" / "instruction" / "captions_train.json")} >= compare
+    assert _load(tmp_path / "s" / "caption" / "val.json") == _load(demo_dir / "caption" / "val.json")
+    with pytest.raises(ValueError, match="unknown question types"):
+        demo.generate(str(tmp_path / "bad"), n=N, stage1_skip=("multi",))

@@ -219,12 +219,14 @@ def _kinds_of_split(rng, split: str, n_split: int, per_type: int | None) -> list
 
 def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4,
              val_per_type: int | None = None, test_per_type: int | None = None, mix: dict | None = None,
-             contrast: tuple[str, ...] = ()) -> dict:
+             contrast: tuple[str, ...] = (), stage1_skip: tuple[str, ...] = ()) -> dict:
     """Write the demo data set under ``out``; returns {split: number of instruction records}.
     ``val_per_type`` / ``test_per_type``: stratify that held-out split, that many records per question
     type (else it is ``SPLIT_FRACTIONS`` of ``n`` drawn from the mix); ``mix``: train kinds' shares;
     ``contrast``: layouts ("position", "count") whose train images get a contrast set in the stage-1
-    captions (``contrast_params``; drawn from their own random stream, so the other files do not change)."""
+    captions (``contrast_params``; drawn from their own random stream, so the other files do not change);
+    ``stage1_skip``: question types whose train images stay out of the stage-1 captions (e.g. "compare":
+    its images are centred shapes like most others; stage 1 then costs less)."""
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
     mix = dict(mix or QUESTION_MIX)
@@ -236,6 +238,9 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
     if unknown:
         raise ValueError(f"contrast sets exist for the position and count layouts only, got {sorted(unknown)}")
     contrast_rng = random.Random(seed + 7919)
+    unknown = set(stage1_skip) - set(QUESTION_TYPES)
+    if unknown:
+        raise ValueError(f"unknown question types in stage1_skip: {sorted(unknown)} (known: {list(QUESTION_TYPES)})")
     per_type = {"val": val_per_type, "test": test_per_type}
     sizes = _split_sizes(n)
     sizes.update({s: k * len(QUESTION_TYPES) for s, k in per_type.items() if k})
@@ -259,7 +264,7 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                     f.write(buf.getvalue())
                 rel_paths.append(rel)
                 shard_items.append((rid, k, buf.getvalue()))
-                # Every drawn image is also a caption sample.
+                # Every drawn image is also a caption sample (stage 1: but those of stage1_skip kinds).
                 caps = [caption_of(params, size, v) for v in (0, 1)]
                 # Train "image_id" = the content a caption states, so images the captions cannot tell apart
                 # are one image to ITC (positives), not each other's negatives: for one centred shape the
@@ -275,7 +280,9 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                         draw_image(other, size).save(os.path.join(out, "images", crel))
                         cap_train += [{"image": crel, "caption": caption_of(other, size, v),
                                        "image_id": itc_id_of(other, size), **group} for v in (0, 1)]
-                cap_train += [{"image": rel, "caption": c, "image_id": itc_id_of(params, size), **group} for c in caps]
+                if split != "train" or rec["question_type"] not in stage1_skip:
+                    cap_train += [{"image": rel, "caption": c, "image_id": itc_id_of(params, size), **group}
+                                  for c in caps]
                 cap_eval.append({"image": rel, "caption": caps, "image_id": image_id})
                 # MiniGPT-4's first stage: the image alone, then its caption (both wordings, alternately)
                 align.append({"id": f"{rid}{suffix}", "image": rel, "instruction": TAG,
@@ -321,7 +328,8 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
 def meta_of(args) -> dict:
     return {"version": DATA_VERSION, "n": args.n, "seed": args.seed, "size": args.size, "shards": args.shards,
             "val_per_type": args.val_per_type, "test_per_type": args.test_per_type,
-            "mix": json.loads(args.mix) if args.mix else QUESTION_MIX, "contrast": args.contrast}
+            "mix": json.loads(args.mix) if args.mix else QUESTION_MIX, "contrast": args.contrast,
+            "stage1_skip": args.stage1_skip}
 
 
 def _dump(path: str, obj) -> None:
@@ -398,6 +406,8 @@ def main(argv=None) -> None:
     parser.add_argument("--contrast", nargs="*", default=[], choices=("position", "count"),
                         help="layouts whose train images get stage-1 contrast sets (the same shapes at the "
                              "other positions / counts, one batch_group)")
+    parser.add_argument("--stage1-skip", nargs="*", default=[], choices=QUESTION_TYPES,
+                        help="question types whose train images are not stage-1 caption samples")
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep an existing data folder whose {META_FILE} matches these arguments")
     parser.add_argument("--preview", default=None, help="also write a PNG of a few samples here")
@@ -413,7 +423,8 @@ def main(argv=None) -> None:
     start = time.time()
     counts = generate(args.out, n=args.n, seed=args.seed, size=args.size, n_shards=args.shards,
                       val_per_type=args.val_per_type, test_per_type=args.test_per_type,
-                      mix=json.loads(args.mix) if args.mix else None, contrast=tuple(args.contrast))
+                      mix=json.loads(args.mix) if args.mix else None, contrast=tuple(args.contrast),
+                      stage1_skip=tuple(args.stage1_skip))
     _dump(meta_path, meta)
     if args.preview:
         write_preview(args.out, args.preview)
