@@ -31,7 +31,10 @@ stage() {  # stage NAME COMMAND...: run, time, fail loudly
 # Held-out splits stratified by question type: 120 test questions of each of the six types (a type's
 # accuracy then moves < 1 point per answer), 40 of each in val for the validation curves. --reuse keeps
 # a data folder written with exactly these arguments (its meta.json), so a second run skips this stage.
-stage data "$PY" -m lavis_lite.datasets.demo --out "$DATA" --val-per-type 40 --test-per-type 120 --reuse
+# --contrast position: each position train image also gets its contrast set in the stage-1 captions (the same
+# shape at the other three positions, one batch_group that demo_stage1.yaml keeps in one batch).
+stage data "$PY" -m lavis_lite.datasets.demo --out "$DATA" --val-per-type 40 --test-per-type 120 \
+  --contrast position --reuse
 rm -rf "$OUT/eval"
 OPTS=(run.output_dir="$OUT" run.progress_bar=False)
 # The demo YAMLs fix their job ids: --overwrite moves an earlier demo run aside (<job>.replaced-<time>).

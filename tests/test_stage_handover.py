@@ -31,7 +31,8 @@ def stage1(tmp_path_factory):
     """A short stage 1 of the demo (same YAML, fewer data and epochs) through train.py."""
     root = tmp_path_factory.mktemp("stage1")
     env = dict(os.environ, LAVIS_LITE_CACHE_ROOT=str(root / "cache"), PYTHONWARNINGS="ignore")
-    _run(["-m", "lavis_lite.datasets.demo", "--out", str(root / "cache" / "demo"), "--n", "600", "--seed", "1"], env)
+    _run(["-m", "lavis_lite.datasets.demo", "--out", str(root / "cache" / "demo"), "--n", "600", "--seed", "1",
+          "--contrast", "position"], env)  # as run_scripts/demo.sh (demo_stage1.yaml groups contrast sets)
     _run(["train.py", "--cfg-path", "projects/minigpt4qwen/demo_stage1.yaml", "--options",
           f"run.output_dir={root / 'out'}", "run.max_epoch=4", "run.valid_every=2", "run.warmup_steps=10",
           "run.progress_bar=False"], env)

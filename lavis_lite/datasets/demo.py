@@ -53,7 +53,7 @@ QUESTIONS = {
 SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest is train
 # The question types a held-out split can be stratified over (multi-turn records count as their last turn).
 QUESTION_TYPES = ("colour", "shape", "count", "position", "compare", "describe")
-DATA_VERSION = 6  # bump when the files written change: --reuse then regenerates
+DATA_VERSION = 7  # bump when the files written change: --reuse then regenerates
 META_FILE = "meta.json"  # the generator's arguments: a data folder is reused only when they match
 TAG = "<ImageHere>"
 
