@@ -9,6 +9,7 @@
 Modes (``--modes``) are presets, or ``name:key=value+...`` starting from ``fast``, with keys pad (max|longest),
 ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1),
 prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor),
+decode (the image processor's decode full|draft: JPEG DCT-scaled decoding),
 attn (model.vision_attn_implementation sdpa|eager), opt (run.optimizer_impl auto|foreach|for_loop|fused),
 frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1),
 e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
@@ -21,7 +22,8 @@ e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   fast_group_cache = fast + length-grouped batches + cache
   fast_pack_cache  = fast + packing + cache
   fast_tresize, fast_group_tresize = fast, fast_group + resize=tensor (opt-in: within one level of Pillow)
-  best_uncached       = fast_group_tresize + frozen=1 (the frozen-LLM path, every exact skip; issue 22)
+  best_uncached       = fast_group_tresize + decode=draft + frozen=1 (the frozen-LLM path, every exact skip;
+                        issue 22; the tensor resize and the draft decode are opt-in, not pixel-exact)
   best_uncached_exact = fast_group + frozen=1 (exact switches only)
   best_cached         = fast_group_cache + frozen=1
 (the issue-9 presets keep transformers' forward, frozen=0; the model's default is frozen=1)
@@ -43,11 +45,11 @@ from _train_data import SyntheticBatches, bench_conversations, build_disk_data, 
 
 # frozen / trim / lastsup / constqkv / imgattn / fattn: model.frozen_llm (models/frozen_llm.py); issue 9's
 # modes below keep transformers' forward (frozen=0) so their figures stay comparable.
-_FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil",
+_FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil", "decode": "full",
          "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1,
          "fattn": "sdpa"}
 _FROZEN = {"frozen": 1}
-_TEXT_KEYS = ("pad", "resize", "attn", "opt", "fattn")
+_TEXT_KEYS = ("pad", "resize", "decode", "attn", "opt", "fattn")
 PRESETS = {
     "naive": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0},
     # naive + the published code's eager ViT / Q-Former attention and per-parameter AdamW
@@ -62,7 +64,7 @@ PRESETS = {
     "fast_tresize": {**_FAST, "resize": "tensor"},
     "fast_group_tresize": {**_FAST, "group": 1, "resize": "tensor"},
     # issue 22: the frozen-LLM path (every exact skip) on top of the best issue-9 modes
-    "best_uncached": {**_FAST, "group": 1, "resize": "tensor", **_FROZEN},
+    "best_uncached": {**_FAST, "group": 1, "resize": "tensor", "decode": "draft", **_FROZEN},
     "best_uncached_exact": {**_FAST, "group": 1, **_FROZEN},
     "best_cached": {**_FAST, "group": 1, "cache": 1, **_FROZEN},
 }
@@ -170,8 +172,9 @@ def parse_modes(text: str) -> dict[str, dict]:
 
 
 def source_key(mode: dict) -> tuple:
-    """Which batch stream a mode reads: cached or decoded, grouped or not, which resize."""
-    return (mode["cache"], mode["group"], "pil" if mode["cache"] else mode.get("resize", "pil"))
+    """Which batch stream a mode reads: cached or decoded, grouped or not, which (resize, decode)."""
+    image = ("pil", "full") if mode["cache"] else (mode.get("resize", "pil"), mode.get("decode", "full"))
+    return (mode["cache"], mode["group"], image)
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -409,7 +412,7 @@ def main(argv=None) -> dict:
     keys = {source_key(m) for m in modes.values()}
     if args.data == "disk":
         datasets, cache_build_s = build_disk_data(args, model, workdir.name,
-                                                  resize_backends={r for _, _, r in keys})
+                                                  image_transforms={r for _, _, r in keys})
         lengths = group_lengths(args, model, bench_conversations(args)) if any(g for _, g, _ in keys) else None
         sources = {(c, g, r): endless(lambda e, c=c, g=g, r=r: loader(datasets["cache" if c else r], args, bool(g), e,
                                                                       lengths))

@@ -61,7 +61,7 @@ def test_bench_train(capsys):
         assert f[mode]["samples_per_s"] > 0 and f[mode]["peak_mem_mb"] > 0
     assert f["naive"]["speedup_vs_naive"] == 1.0
     assert r["config"]["modes"]["naive"] == {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0,
-                                             "prefix": 0, "resize": "pil", "attn": "sdpa", "opt": "auto",
+                                             "prefix": 0, "resize": "pil", "decode": "full", "attn": "sdpa", "opt": "auto",
                                              "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
     assert r["config"]["modes"]["fast_group_tresize"]["resize"] == "tensor"
     t = f["llm_tokens"]
@@ -140,10 +140,16 @@ def test_bench_train_rejects_unknown_mode_key():
         sys.path.remove(BENCH_DIR)
     assert module.parse_modes("naive,mine:pad=max+pack=0+resize=tensor")["mine"] == {
         "pad": "max", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "tensor",
-        "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
+        "decode": "full", "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
     assert module.parse_modes("published")["published"]["attn"] == "eager"
     assert module.parse_modes("published")["published"]["frozen"] == 0  # the original recipe's forward
     assert module.parse_modes("best_cached")["best_cached"]["frozen"] == 1
+    # the published recipe and the exact preset decode every JPEG pixel; best_uncached opts into draft decoding
+    assert module.parse_modes("published")["published"]["decode"] == "full"
+    assert module.parse_modes("best_uncached_exact")["best_uncached_exact"]["decode"] == "full"
+    assert module.parse_modes("best_uncached_exact")["best_uncached_exact"]["resize"] == "pil"
+    assert module.parse_modes("best_uncached")["best_uncached"]["decode"] == "draft"
+    assert module.parse_modes("x:decode=draft")["x"]["decode"] == "draft"
     assert module.parse_modes("x:frozen=1+lastsup=0")["x"]["lastsup"] == 0
     with pytest.raises(ValueError, match="unknown key"):
         module.parse_modes("x:flash=1")
