@@ -42,10 +42,12 @@ def test_bench_preprocess(capsys):
 
 def test_bench_data(capsys):
     r = run_bench("bench_data", ["--n", "24", "--source-size", "64x48", "--image-size", "32", "--batch-size", "4",
-                                 "--workers", "0", "--seconds", "0.3", "--feature-shape", "8,64"], capsys)
+                                 "--workers", "0", "--seconds", "0.3", "--feature-shape", "8,64",
+                                 "--decodes", "full,draft"], capsys)
     f = r["figures"]
     assert f["images_per_s_workers_0"] > 0 and f["cached_features_per_s_workers_0"] > 0
     assert f["tensor_resize_images_per_s_workers_0"] > 0 and f["tensor_resize_images_per_cpu_s"] > 0
+    assert f["draft_images_per_cpu_s"] > 0 and f["tensor_resize_draft_images_per_cpu_s"] > 0
     assert r["config"]["n_records"] > 0
 
 
