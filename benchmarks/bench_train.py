@@ -140,6 +140,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1 on CPU: on a shared, oversubscribed machine more threads "
                         "spin against each other and run several times slower)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="after the timed runs, CPU ms per step of the loader, the image encoder and the rest, per "
+                        "mode (--steps steps each)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -303,6 +306,42 @@ def train_steps(model, optimizer, batches, n_steps, device, autocast=None) -> tu
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start, time.process_time() - cpu_start, samples, tokens
+
+
+def step_breakdown(model, optimizer, batches, n_steps, autocast=None) -> dict:
+    """CPU ms per step (``time.process_time``) of: the loader (decode, resize, collate, tokens), the image
+    encoder (``encode_image``: ViT + Q-Former + ``llm_proj`` forward; only ``llm_proj`` when cached) and the
+    rest (LLM forward + backward, optimizer); ``--breakdown``."""
+    import contextlib
+    autocast = autocast or contextlib.nullcontext
+    spent = {"data": 0.0, "image_encoder": 0.0}
+    encode = model.encode_image
+
+    def timed_encode(*a, **kw):
+        start = time.process_time()
+        try:
+            return encode(*a, **kw)
+        finally:
+            spent["image_encoder"] += time.process_time() - start
+    model.encode_image = timed_encode
+    try:
+        start = time.process_time()
+        for _ in range(n_steps):
+            t = time.process_time()
+            batch = next(batches)
+            spent["data"] += time.process_time() - t
+            with autocast():
+                out = model(batch)
+            out["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total = time.process_time() - start
+    finally:
+        del model.encode_image  # the instance attribute; the class method is back
+    out = {k: round(v / n_steps * 1e3, 2) for k, v in spent.items()}
+    out["rest"] = round((total - sum(spent.values())) / n_steps * 1e3, 2)
+    out["total"] = round(total / n_steps * 1e3, 2)
+    return out
 
 
 def flops_per_sample(model, batch, mode) -> float:
@@ -470,6 +509,12 @@ def main(argv=None) -> dict:
             figures[name]["flops_per_sample"] = fps
             if peak:
                 figures[name]["mfu"] = round(fps * figures[name]["samples_per_s"] / (peak * 1e12), 4)
+    if args.breakdown:
+        for name, mode in modes.items():
+            configure(model, mode)
+            figures[name]["cpu_ms_per_step"] = step_breakdown(model, optimizers[mode.get("opt", "auto")],
+                                                              sources[source_key(mode)], args.steps,
+                                                              lambda: autocast_context(args))
     if args.find_max_batch and args.device.startswith("cuda"):
         for name, mode in modes.items():
             configure(model, mode)

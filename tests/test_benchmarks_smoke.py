@@ -76,10 +76,13 @@ def test_bench_train_published_mix_best_modes_bf16(capsys):
     r = run_bench("bench_train", ["--size", "tiny", "--data-mix", "published", "--dtype", "bf16",
                                   "--modes", "published,best_uncached,best_cached", "--n-records", "16",
                                   "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
-                                  "--source-size", "64x48"], capsys)
+                                  "--source-size", "64x48", "--breakdown"], capsys)
     f = r["figures"]
     for mode in ("published", "best_uncached", "best_cached"):
         assert f[mode]["samples_per_cpu_s"] > 0 and f[mode]["supervised_tokens_per_s"] > 0
+        ms = f[mode]["cpu_ms_per_step"]  # --breakdown: the parts add up to the step
+        assert min(ms["data"], ms["image_encoder"], ms["rest"]) >= 0 and ms["total"] > 0
+        assert abs(ms["data"] + ms["image_encoder"] + ms["rest"] - ms["total"]) < 0.05
     assert r["config"]["data_mix"] == "published" and r["config"]["dtype"] == "bf16"
     assert f["llm_tokens"]["mean_seq_len"] > 0
 
