@@ -11,7 +11,8 @@ ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-gr
 prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor),
 decode (the image processor's decode full|draft: JPEG DCT-scaled decoding),
 attn (model.vision_attn_implementation sdpa|eager), opt (run.optimizer_impl auto|foreach|for_loop|fused),
-frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1),
+frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1), chunk
+(causal_chunk: queries per attention call, 0 = one call),
 e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0  (the published recipe's LLM batch layout)
   published        = naive + attn=eager + opt=for_loop  (the published code's kernels too)
@@ -47,7 +48,7 @@ from _train_data import SyntheticBatches, bench_conversations, build_disk_data, 
 # modes below keep transformers' forward (frozen=0) so their figures stay comparable.
 _FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil", "decode": "full",
          "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1,
-         "fattn": "sdpa"}
+         "fattn": "sdpa", "chunk": 32}
 _FROZEN = {"frozen": 1}
 _TEXT_KEYS = ("pad", "resize", "decode", "attn", "opt", "fattn")
 PRESETS = {
@@ -250,7 +251,7 @@ def configure(model, mode: dict) -> None:
         enabled=bool(mode.get("frozen", 0)), trim_trailing=bool(mode.get("trim", 1)),
         last_layer_supervised_only=bool(mode.get("lastsup", 1)), const_text_qkv=bool(mode.get("constqkv", 1)),
         image_grad_attention=bool(mode.get("imgattn", 1)),
-        attention=mode.get("fattn", "sdpa"))
+        attention=mode.get("fattn", "sdpa"), causal_chunk=int(mode.get("chunk", 32)))
     model.train()
 
 
