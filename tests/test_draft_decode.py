@@ -201,3 +201,17 @@ def _draft_by_hand(path):
     img.load()
     assert img.size == (320, 240)
     return img.convert("RGB")
+
+
+# ---- the tensor backend's one-buffer normalisation -------------------------------------------------------
+def test_uint8_normalisation_is_bit_identical_to_torchvision():
+    from torchvision import transforms
+
+    from lavis_lite.processors.image_processors import CLIP_MEAN, Uint8ToNormalizedFloat
+    every_level = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).repeat(3, 1, 1)
+    for mean, std in ((CLIP_MEAN, CLIP_STD), ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))):
+        ref = transforms.Compose([transforms.ConvertImageDtype(torch.float32), transforms.Normalize(mean, std)])
+        got = Uint8ToNormalizedFloat(mean, std)(every_level)
+        assert got.dtype == torch.float32 and torch.equal(got, ref(every_level))
+    with pytest.raises(ValueError, match="std"):
+        Uint8ToNormalizedFloat(CLIP_MEAN, (0.2, 0.0, 0.3))
