@@ -12,7 +12,8 @@ prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pi
 decode (the image processor's decode full|draft: JPEG DCT-scaled decoding),
 attn (model.vision_attn_implementation sdpa|eager), opt (run.optimizer_impl auto|foreach|for_loop|fused),
 frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1), chunk
-(causal_chunk: queries per attention call, 0 = one call),
+(causal_chunk: queries per attention call, 0 = one call), dnn (model.cpu_onednn_linear 0|1: frozen CPU
+Linear layers through oneDNN),
 e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0  (the published recipe's LLM batch layout)
   published        = naive + attn=eager + opt=for_loop  (the published code's kernels too)
@@ -23,10 +24,11 @@ e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   fast_group_cache = fast + length-grouped batches + cache
   fast_pack_cache  = fast + packing + cache
   fast_tresize, fast_group_tresize = fast, fast_group + resize=tensor (opt-in: within one level of Pillow)
-  best_uncached       = fast_group_tresize + decode=draft + frozen=1 (the frozen-LLM path, every exact skip;
-                        issue 22; the tensor resize and the draft decode are opt-in, not pixel-exact)
-  best_uncached_exact = fast_group + frozen=1 (exact switches only)
-  best_cached         = fast_group_cache + frozen=1
+  best_uncached       = fast_group_tresize + decode=draft + frozen=1 + dnn=1 (the frozen-LLM path, every exact
+                        skip, oneDNN products; issue 22; the tensor resize and the draft decode are opt-in,
+                        not pixel-exact)
+  best_uncached_exact = fast_group + frozen=1 + dnn=1 (exact switches only: same values up to fp32 rounding)
+  best_cached         = fast_group_cache + frozen=1 + dnn=1
 (the issue-9 presets keep transformers' forward, frozen=0; the model's default is frozen=1)
 Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
 timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
@@ -48,8 +50,8 @@ from _train_data import SyntheticBatches, bench_conversations, build_disk_data, 
 # modes below keep transformers' forward (frozen=0) so their figures stay comparable.
 _FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil", "decode": "full",
          "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1,
-         "fattn": "sdpa", "chunk": 32}
-_FROZEN = {"frozen": 1}
+         "fattn": "sdpa", "chunk": 32, "dnn": 0}
+_FROZEN = {"frozen": 1, "dnn": 1}  # issue 22: the frozen-LLM path + frozen Linear layers through oneDNN
 _TEXT_KEYS = ("pad", "resize", "decode", "attn", "opt", "fattn")
 PRESETS = {
     "naive": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0},
@@ -252,6 +254,8 @@ def configure(model, mode: dict) -> None:
         last_layer_supervised_only=bool(mode.get("lastsup", 1)), const_text_qkv=bool(mode.get("constqkv", 1)),
         image_grad_attention=bool(mode.get("imgattn", 1)),
         attention=mode.get("fattn", "sdpa"), causal_chunk=int(mode.get("chunk", 32)))
+    from lavis_lite.models.onednn_linear import use_onednn_linear
+    use_onednn_linear(model, bool(mode.get("dnn", 0)))  # model.cpu_onednn_linear: frozen Linear via oneDNN
     model.train()
 
 

@@ -65,7 +65,7 @@ def test_bench_train(capsys):
     assert r["config"]["modes"]["naive"] == {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0,
                                              "prefix": 0, "resize": "pil", "decode": "full", "attn": "sdpa", "opt": "auto",
                                              "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa",
-                                             "chunk": 32}
+                                             "chunk": 32, "dnn": 0}
     assert r["config"]["modes"]["fast_group_tresize"]["resize"] == "tensor"
     t = f["llm_tokens"]
     assert t["packed"] <= t["pad_to_longest"] <= t["pad_to_max"] and t["real_tokens"] <= t["packed"]
@@ -147,7 +147,7 @@ def test_bench_train_rejects_unknown_mode_key():
     assert module.parse_modes("naive,mine:pad=max+pack=0+resize=tensor")["mine"] == {
         "pad": "max", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "tensor",
         "decode": "full", "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa",
-        "chunk": 32}
+        "chunk": 32, "dnn": 0}
     assert module.parse_modes("published")["published"]["attn"] == "eager"
     assert module.parse_modes("published")["published"]["frozen"] == 0  # the original recipe's forward
     assert module.parse_modes("best_cached")["best_cached"]["frozen"] == 1
@@ -156,6 +156,7 @@ def test_bench_train_rejects_unknown_mode_key():
     assert module.parse_modes("best_uncached_exact")["best_uncached_exact"]["decode"] == "full"
     assert module.parse_modes("best_uncached_exact")["best_uncached_exact"]["resize"] == "pil"
     assert module.parse_modes("best_uncached")["best_uncached"]["decode"] == "draft"
+    assert module.parse_modes("best_cached")["best_cached"]["dnn"] == 1 and module.parse_modes("published")["published"]["dnn"] == 0
     assert module.parse_modes("x:decode=draft")["x"]["decode"] == "draft"
     assert module.parse_modes("x:frozen=1+lastsup=0")["x"]["lastsup"] == 0
     with pytest.raises(ValueError, match="unknown key"):
