@@ -81,3 +81,13 @@ def test_model_switch_keeps_loss_and_gradient():
     assert set(fast.state_dict()) == set(model.state_dict())
     _assert_same(ref, _loss_and_grad(fast, samples))
     _assert_same(_loss_and_grad(model, samples, enabled=False), _loss_and_grad(fast, samples, enabled=False))
+
+
+def test_odd_inputs():
+    layer = _layer()
+    use_onednn_linear(layer)
+    for x in (torch.randn(24, 7).t(), torch.randn(24), torch.randn(5, 3, 48)[..., ::2], torch.randn(0, 24)):
+        assert layer.fast_path(x)
+        got = layer(x)
+        assert got.shape == x.shape[:-1] + (40,)
+        torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
