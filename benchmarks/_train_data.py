@@ -17,11 +17,11 @@ def bench_conversations(args, n: int | None = None) -> list[list[dict]]:
     return synthetic_conversations(n, seed=args.seed, max_words=args.max_words)
 
 
-def build_disk_data(args, model, workdir, resize_backends=("pil",)):
+def build_disk_data(args, model, workdir, image_transforms=(("pil", "full"),)):
     """Synthetic 640x480 JPEGs + conversations of varied length, read by the project's InstructionDataset
-    with the eval transform (one dataset per resize backend), and the same dataset reading the
-    frozen-feature cache (built here with the Pillow transform, timed).
-    Returns ({"pil": ..., "tensor": ..., "cache": ...}, cache build seconds)."""
+    with the eval transform (one dataset per (resize_backend, decode) pair), and the same dataset reading
+    the frozen-feature cache (built here with the Pillow transform and full decode, timed).
+    Returns ({("pil", "full"): ..., ("tensor", "draft"): ..., "cache": ...}, cache build seconds)."""
     import json
 
     from lavis_lite.common.feature_cache import attach_feature_cache
@@ -37,14 +37,15 @@ def build_disk_data(args, model, workdir, resize_backends=("pil",)):
     with open(ann, "w") as f:
         json.dump(records, f)
     size = model.visual_encoder.patch_embed.img_size
-    datasets = {backend: InstructionDataset(vis_processor=BlipImageEvalProcessor(image_size=size, resize_backend=backend),
-                                            vis_root=os.path.join(workdir, "images"), ann_paths=[ann])
-                for backend in set(resize_backends) | {"pil"}}
+    datasets = {(backend, decode): InstructionDataset(
+                    vis_processor=BlipImageEvalProcessor(image_size=size, resize_backend=backend, decode=decode),
+                    vis_root=os.path.join(workdir, "images"), ann_paths=[ann])
+                for backend, decode in set(image_transforms) | {("pil", "full")}}
     if getattr(args, "text_in", "model") == "loader":  # tokenised in the DataLoader, as train.py wires it
         from lavis_lite.datasets.chat_collator import ChatCollator
         for ds in datasets.values():
             ds.attach_chat(model.chat_processor, ChatCollator.for_model(model, image_size=size))
-    dataset, processor = datasets["pil"], datasets["pil"].vis_processor
+    dataset, processor = datasets[("pil", "full")], datasets[("pil", "full")].vis_processor
     cache = cache_for_model(model, processor, os.path.join(workdir, "cache"),
                             dtype="fp32" if args.dtype == "fp32" else args.dtype)
     start = time.perf_counter()

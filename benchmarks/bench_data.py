@@ -4,7 +4,9 @@ and, for comparison, the same loader reading the frozen-feature cache instead of
     python benchmarks/bench_data.py --n 256 --source-size 640x480 --image-size 224 --workers 0,2 --seconds 5
 
 ``--resize-backends pil,tensor`` measures the eval transform with Pillow's resize (figures
-``images_per_*``) and with the processor's ``resize_backend: tensor`` (``tensor_resize_images_per_*``).
+``images_per_*``) and with the processor's ``resize_backend: tensor`` (``tensor_resize_images_per_*``);
+``--decodes full,draft`` adds the processor's ``decode: draft`` (JPEG DCT-scaled decoding) to each backend
+(``draft_images_per_*``, ``tensor_resize_draft_images_per_*``).
 
 Prints one JSON line. Without --data-dir, COCO-sized synthetic JPEGs (photo-like statistics) and
 instruction records are generated in a temporary folder; --data-dir reads demo-format data
@@ -34,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="interleaved repeats; medians are reported")
     p.add_argument("--resize-backends", default="pil,tensor",
                    help="comma-separated image-processor resize backends to measure (pil, tensor)")
+    p.add_argument("--decodes", default="full",
+                   help="comma-separated image-processor decode modes to measure (full, draft)")
     p.add_argument("--no-cache", action="store_true", help="skip the feature-cache loader")
     p.add_argument("--feature-shape", default="32,768", help="cached feature shape per image (Q-Former output)")
     p.add_argument("--threads", type=int, default=1,
@@ -96,10 +100,13 @@ def main(argv=None) -> dict:
         dataset = InstructionDataset(vis_processor=processor, vis_root=os.path.join(args.data_dir, "images"),
                                      ann_paths=[os.path.join(args.data_dir, "instruction", "train.json")])
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    # one dataset per resize backend, same records; figure names: "" for pil, "tensor_resize_" else
-    variants = {("" if b == "pil" else f"{b}_resize_"): dataset if b == "pil" else
-                copy_with_processor(dataset, BlipImageEvalProcessor(args.image_size, resize_backend=b))
-                for b in backends}
+    decodes = [d.strip() for d in args.decodes.split(",") if d.strip()]
+    # one dataset per (resize backend, decode), same records; figure names: "" for pil + full decode,
+    # "tensor_resize_" / "draft_" / "tensor_resize_draft_" for the others
+    variants = {("" if b == "pil" else f"{b}_resize_") + ("" if d == "full" else f"{d}_"):
+                dataset if (b, d) == ("pil", "full") else
+                copy_with_processor(dataset, BlipImageEvalProcessor(args.image_size, resize_backend=b, decode=d))
+                for b in backends for d in decodes}
     figures = {f"{v}images_per_s_workers_{w}": [] for v in variants for w in workers}
 
     cached = None

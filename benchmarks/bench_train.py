@@ -9,8 +9,11 @@
 Modes (``--modes``) are presets, or ``name:key=value+...`` starting from ``fast``, with keys pad (max|longest),
 ckpt (LLM gradient checkpointing 0|1), pack (0|1), cache (0|1), group (length-grouped sampler 0|1),
 prefix (model.share_prefix 0|1), resize (the image processor's resize_backend pil|tensor),
+decode (the image processor's decode full|draft: JPEG DCT-scaled decoding),
 attn (model.vision_attn_implementation sdpa|eager), opt (run.optimizer_impl auto|foreach|for_loop|fused),
-frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1),
+frozen (model.frozen_llm.enabled 0|1) and its switches trim, lastsup, constqkv, imgattn (0|1), chunk
+(causal_chunk: queries per attention call, 0 = one call), dnn (model.cpu_onednn_linear 0|1: frozen CPU
+Linear layers through oneDNN),
 e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   naive            = pad=max,ckpt=1,pack=0,cache=0,group=0,prefix=0  (the published recipe's LLM batch layout)
   published        = naive + attn=eager + opt=for_loop  (the published code's kernels too)
@@ -21,9 +24,11 @@ e.g. ``mine:pad=max+ckpt=0`` or ``nolast:group=1+cache=1+frozen=1+lastsup=0``:
   fast_group_cache = fast + length-grouped batches + cache
   fast_pack_cache  = fast + packing + cache
   fast_tresize, fast_group_tresize = fast, fast_group + resize=tensor (opt-in: within one level of Pillow)
-  best_uncached       = fast_group_tresize + frozen=1 (the frozen-LLM path, every exact skip; issue 22)
-  best_uncached_exact = fast_group + frozen=1 (exact switches only)
-  best_cached         = fast_group_cache + frozen=1
+  best_uncached       = fast_group_tresize + decode=draft + frozen=1 + dnn=1 (the frozen-LLM path, every exact
+                        skip, oneDNN products; issue 22; the tensor resize and the draft decode are opt-in,
+                        not pixel-exact)
+  best_uncached_exact = fast_group + frozen=1 + dnn=1 (exact switches only: same values up to fp32 rounding)
+  best_cached         = fast_group_cache + frozen=1 + dnn=1
 (the issue-9 presets keep transformers' forward, frozen=0; the model's default is frozen=1)
 Only ``llm_proj`` trains (``--lora`` adds r=8 LoRA on the attention projections). Each mode is
 timed for ``--steps`` optimizer steps after ``--warmup`` steps, modes interleaved, ``--repeats``
@@ -43,11 +48,11 @@ from _train_data import SyntheticBatches, bench_conversations, build_disk_data, 
 
 # frozen / trim / lastsup / constqkv / imgattn / fattn: model.frozen_llm (models/frozen_llm.py); issue 9's
 # modes below keep transformers' forward (frozen=0) so their figures stay comparable.
-_FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil",
+_FAST = {"pad": "longest", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "pil", "decode": "full",
          "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1,
-         "fattn": "sdpa"}
-_FROZEN = {"frozen": 1}
-_TEXT_KEYS = ("pad", "resize", "attn", "opt", "fattn")
+         "fattn": "sdpa", "chunk": 32, "dnn": 0}
+_FROZEN = {"frozen": 1, "dnn": 1}  # issue 22: the frozen-LLM path + frozen Linear layers through oneDNN
+_TEXT_KEYS = ("pad", "resize", "decode", "attn", "opt", "fattn")
 PRESETS = {
     "naive": {**_FAST, "pad": "max", "ckpt": 1, "prefix": 0},
     # naive + the published code's eager ViT / Q-Former attention and per-parameter AdamW
@@ -62,7 +67,7 @@ PRESETS = {
     "fast_tresize": {**_FAST, "resize": "tensor"},
     "fast_group_tresize": {**_FAST, "group": 1, "resize": "tensor"},
     # issue 22: the frozen-LLM path (every exact skip) on top of the best issue-9 modes
-    "best_uncached": {**_FAST, "group": 1, "resize": "tensor", **_FROZEN},
+    "best_uncached": {**_FAST, "group": 1, "resize": "tensor", "decode": "draft", **_FROZEN},
     "best_uncached_exact": {**_FAST, "group": 1, **_FROZEN},
     "best_cached": {**_FAST, "group": 1, "cache": 1, **_FROZEN},
 }
@@ -138,6 +143,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1 on CPU: on a shared, oversubscribed machine more threads "
                         "spin against each other and run several times slower)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="after the timed runs, CPU ms per step of the loader, the image encoder and the rest, per "
+                        "mode (--steps steps each)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -170,8 +178,9 @@ def parse_modes(text: str) -> dict[str, dict]:
 
 
 def source_key(mode: dict) -> tuple:
-    """Which batch stream a mode reads: cached or decoded, grouped or not, which resize."""
-    return (mode["cache"], mode["group"], "pil" if mode["cache"] else mode.get("resize", "pil"))
+    """Which batch stream a mode reads: cached or decoded, grouped or not, which (resize, decode)."""
+    image = ("pil", "full") if mode["cache"] else (mode.get("resize", "pil"), mode.get("decode", "full"))
+    return (mode["cache"], mode["group"], image)
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -244,7 +253,9 @@ def configure(model, mode: dict) -> None:
         enabled=bool(mode.get("frozen", 0)), trim_trailing=bool(mode.get("trim", 1)),
         last_layer_supervised_only=bool(mode.get("lastsup", 1)), const_text_qkv=bool(mode.get("constqkv", 1)),
         image_grad_attention=bool(mode.get("imgattn", 1)),
-        attention=mode.get("fattn", "sdpa"))
+        attention=mode.get("fattn", "sdpa"), causal_chunk=int(mode.get("chunk", 32)))
+    from lavis_lite.models.onednn_linear import use_onednn_linear
+    use_onednn_linear(model, bool(mode.get("dnn", 0)))  # model.cpu_onednn_linear: frozen Linear via oneDNN
     model.train()
 
 
@@ -300,6 +311,42 @@ def train_steps(model, optimizer, batches, n_steps, device, autocast=None) -> tu
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start, time.process_time() - cpu_start, samples, tokens
+
+
+def step_breakdown(model, optimizer, batches, n_steps, autocast=None) -> dict:
+    """CPU ms per step (``time.process_time``) of: the loader (decode, resize, collate, tokens), the image
+    encoder (``encode_image``: ViT + Q-Former + ``llm_proj`` forward; only ``llm_proj`` when cached) and the
+    rest (LLM forward + backward, optimizer); ``--breakdown``."""
+    import contextlib
+    autocast = autocast or contextlib.nullcontext
+    spent = {"data": 0.0, "image_encoder": 0.0}
+    encode = model.encode_image
+
+    def timed_encode(*a, **kw):
+        start = time.process_time()
+        try:
+            return encode(*a, **kw)
+        finally:
+            spent["image_encoder"] += time.process_time() - start
+    model.encode_image = timed_encode
+    try:
+        start = time.process_time()
+        for _ in range(n_steps):
+            t = time.process_time()
+            batch = next(batches)
+            spent["data"] += time.process_time() - t
+            with autocast():
+                out = model(batch)
+            out["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total = time.process_time() - start
+    finally:
+        del model.encode_image  # the instance attribute; the class method is back
+    out = {k: round(v / n_steps * 1e3, 2) for k, v in spent.items()}
+    out["rest"] = round((total - sum(spent.values())) / n_steps * 1e3, 2)
+    out["total"] = round(total / n_steps * 1e3, 2)
+    return out
 
 
 def flops_per_sample(model, batch, mode) -> float:
@@ -409,7 +456,7 @@ def main(argv=None) -> dict:
     keys = {source_key(m) for m in modes.values()}
     if args.data == "disk":
         datasets, cache_build_s = build_disk_data(args, model, workdir.name,
-                                                  resize_backends={r for _, _, r in keys})
+                                                  image_transforms={r for _, _, r in keys})
         lengths = group_lengths(args, model, bench_conversations(args)) if any(g for _, g, _ in keys) else None
         sources = {(c, g, r): endless(lambda e, c=c, g=g, r=r: loader(datasets["cache" if c else r], args, bool(g), e,
                                                                       lengths))
@@ -467,6 +514,12 @@ def main(argv=None) -> dict:
             figures[name]["flops_per_sample"] = fps
             if peak:
                 figures[name]["mfu"] = round(fps * figures[name]["samples_per_s"] / (peak * 1e12), 4)
+    if args.breakdown:
+        for name, mode in modes.items():
+            configure(model, mode)
+            figures[name]["cpu_ms_per_step"] = step_breakdown(model, optimizers[mode.get("opt", "auto")],
+                                                              sources[source_key(mode)], args.steps,
+                                                              lambda: autocast_context(args))
     if args.find_max_batch and args.device.startswith("cuda"):
         for name, mode in modes.items():
             configure(model, mode)

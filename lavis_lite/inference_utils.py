@@ -28,9 +28,12 @@ class ImageLoadError(ValueError):
     """An image path that does not exist or a file that is not a readable image."""
 
 
-def open_image(path: str | os.PathLike):
-    """Open ``path`` as an RGB PIL image, fully decoded (so truncated files fail here, not later)."""
+def open_image(path: str | os.PathLike, image_processor=None):
+    """Open ``path`` as an RGB PIL image, fully decoded (so truncated files fail here, not later);
+    ``image_processor`` may pick a JPEG draft scale first (its ``decode: draft``)."""
     from PIL import Image, UnidentifiedImageError
+
+    from lavis_lite.processors.image_processors import prepare_decode
 
     path = os.path.expanduser(os.fspath(path))
     if not os.path.exists(path):
@@ -39,6 +42,7 @@ def open_image(path: str | os.PathLike):
         raise ImageLoadError(f"Image path {path!r} is a directory, not an image file")
     try:
         with Image.open(path) as img:
+            prepare_decode(image_processor, img)
             img.load()
             return img.convert("RGB")
     except UnidentifiedImageError:
@@ -49,7 +53,7 @@ def open_image(path: str | os.PathLike):
 
 def load_image_tensor(path: str | os.PathLike, image_processor) -> torch.Tensor:
     """Open ``path`` and run it through the eval image processor -> Tensor[3, S, S]."""
-    return image_processor(open_image(path))
+    return image_processor(open_image(path, image_processor))
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,10 +42,12 @@ def test_bench_preprocess(capsys):
 
 def test_bench_data(capsys):
     r = run_bench("bench_data", ["--n", "24", "--source-size", "64x48", "--image-size", "32", "--batch-size", "4",
-                                 "--workers", "0", "--seconds", "0.3", "--feature-shape", "8,64"], capsys)
+                                 "--workers", "0", "--seconds", "0.3", "--feature-shape", "8,64",
+                                 "--decodes", "full,draft"], capsys)
     f = r["figures"]
     assert f["images_per_s_workers_0"] > 0 and f["cached_features_per_s_workers_0"] > 0
     assert f["tensor_resize_images_per_s_workers_0"] > 0 and f["tensor_resize_images_per_cpu_s"] > 0
+    assert f["draft_images_per_cpu_s"] > 0 and f["tensor_resize_draft_images_per_cpu_s"] > 0
     assert r["config"]["n_records"] > 0
 
 
@@ -61,8 +63,9 @@ def test_bench_train(capsys):
         assert f[mode]["samples_per_s"] > 0 and f[mode]["peak_mem_mb"] > 0
     assert f["naive"]["speedup_vs_naive"] == 1.0
     assert r["config"]["modes"]["naive"] == {"pad": "max", "ckpt": 1, "pack": 0, "cache": 0, "group": 0,
-                                             "prefix": 0, "resize": "pil", "attn": "sdpa", "opt": "auto",
-                                             "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
+                                             "prefix": 0, "resize": "pil", "decode": "full", "attn": "sdpa", "opt": "auto",
+                                             "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa",
+                                             "chunk": 32, "dnn": 0}
     assert r["config"]["modes"]["fast_group_tresize"]["resize"] == "tensor"
     t = f["llm_tokens"]
     assert t["packed"] <= t["pad_to_longest"] <= t["pad_to_max"] and t["real_tokens"] <= t["packed"]
@@ -74,10 +77,13 @@ def test_bench_train_published_mix_best_modes_bf16(capsys):
     r = run_bench("bench_train", ["--size", "tiny", "--data-mix", "published", "--dtype", "bf16",
                                   "--modes", "published,best_uncached,best_cached", "--n-records", "16",
                                   "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1",
-                                  "--source-size", "64x48"], capsys)
+                                  "--source-size", "64x48", "--breakdown"], capsys)
     f = r["figures"]
     for mode in ("published", "best_uncached", "best_cached"):
         assert f[mode]["samples_per_cpu_s"] > 0 and f[mode]["supervised_tokens_per_s"] > 0
+        ms = f[mode]["cpu_ms_per_step"]  # --breakdown: the parts add up to the step
+        assert min(ms["data"], ms["image_encoder"], ms["rest"]) >= 0 and ms["total"] > 0
+        assert abs(ms["data"] + ms["image_encoder"] + ms["rest"] - ms["total"]) < 0.05
     assert r["config"]["data_mix"] == "published" and r["config"]["dtype"] == "bf16"
     assert f["llm_tokens"]["mean_seq_len"] > 0
 
@@ -140,10 +146,18 @@ def test_bench_train_rejects_unknown_mode_key():
         sys.path.remove(BENCH_DIR)
     assert module.parse_modes("naive,mine:pad=max+pack=0+resize=tensor")["mine"] == {
         "pad": "max", "ckpt": 0, "pack": 0, "cache": 0, "group": 0, "prefix": 1, "resize": "tensor",
-        "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa"}
+        "decode": "full", "attn": "sdpa", "opt": "auto", "frozen": 0, "trim": 1, "lastsup": 1, "constqkv": 1, "imgattn": 1, "fattn": "sdpa",
+        "chunk": 32, "dnn": 0}
     assert module.parse_modes("published")["published"]["attn"] == "eager"
     assert module.parse_modes("published")["published"]["frozen"] == 0  # the original recipe's forward
     assert module.parse_modes("best_cached")["best_cached"]["frozen"] == 1
+    # the published recipe and the exact preset decode every JPEG pixel; best_uncached opts into draft decoding
+    assert module.parse_modes("published")["published"]["decode"] == "full"
+    assert module.parse_modes("best_uncached_exact")["best_uncached_exact"]["decode"] == "full"
+    assert module.parse_modes("best_uncached_exact")["best_uncached_exact"]["resize"] == "pil"
+    assert module.parse_modes("best_uncached")["best_uncached"]["decode"] == "draft"
+    assert module.parse_modes("best_cached")["best_cached"]["dnn"] == 1 and module.parse_modes("published")["published"]["dnn"] == 0
+    assert module.parse_modes("x:decode=draft")["x"]["decode"] == "draft"
     assert module.parse_modes("x:frozen=1+lastsup=0")["x"]["lastsup"] == 0
     with pytest.raises(ValueError, match="unknown key"):
         module.parse_modes("x:flash=1")

@@ -83,7 +83,7 @@ def fill_cache(model, dataset, cache: FeatureCache, batch_size: int = 32, rank: 
     """
     from PIL import Image
 
-    from lavis_lite.processors.image_processors import to_rgb
+    from lavis_lite.processors.image_processors import prepare_decode, to_rgb
 
     paths = [p for p in dataset_image_paths(dataset)[rank::world_size] if not cache.has(p)]
     bar = None
@@ -99,6 +99,7 @@ def fill_cache(model, dataset, cache: FeatureCache, batch_size: int = 32, rank: 
             pixels = []
             for p in chunk:
                 with Image.open(p) as img:
+                    prepare_decode(dataset.vis_processor, img)
                     pixels.append(dataset.vis_processor(to_rgb(img)))
             with torch.no_grad():
                 features, stage = model.extract_frozen_features(torch.stack(pixels).to(model.device))

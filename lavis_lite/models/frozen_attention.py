@@ -18,6 +18,30 @@ from __future__ import annotations
 import torch
 
 
+def causal_chunks(n_queries: int, chunk: int, key_offset: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, n_keys)`` per query chunk of a causal attention whose query ``t`` sits at key
+    position ``key_offset + t``: queries ``start..stop-1`` see no key at or after ``key_offset + stop``.
+    One chunk when ``chunk`` is 0 or covers every query."""
+    if chunk <= 0 or chunk >= n_queries:
+        return [(0, n_queries, key_offset + n_queries)]
+    return [(s, min(n_queries, s + chunk), key_offset + min(n_queries, s + chunk))
+            for s in range(0, n_queries, chunk)]
+
+
+def _flash_forward(q, kr, vr, fmask, scale, chunks):
+    """The CPU flash kernel's (output, log-sum-exp), one call per query chunk over only the keys it can
+    see (the kernel itself computes every score of a masked row block, and below 512 keys even with
+    ``is_causal``): the same values up to rounding, ~30% less work at 150-250 positions."""
+    outs, lses = [], []
+    for start, stop, n_keys in chunks:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q[:, :, start:stop], kr[:, :, :n_keys], vr[:, :, :n_keys], 0.0, False,
+            attn_mask=fmask[..., start:stop, :n_keys], scale=scale)
+        outs.append(out)
+        lses.append(lse)
+    return (outs[0], lses[0]) if len(outs) == 1 else (torch.cat(outs, 2), torch.cat(lses, 2))
+
+
 def _additive(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
     if mask is None:
         return None
@@ -29,19 +53,22 @@ class ImageColumnAttention(torch.autograd.Function):
     ``span + key_offset`` (q [B, H, T, d], k / v [B, Hkv, K, d]; query t sits at key position
     ``key_offset + t``; mask bool broadcastable to [B, 1, T, K], causal (optionally with key padding), or
     None for plain causal with K == T). The backward relies on causality: rows before the span see no
-    span key, span rows see no key after the span."""
+    span key, span rows see no key after the span. ``chunk`` > 0: the forward runs per query chunk over the
+    keys the chunk can see (:func:`causal_chunks`)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale, span, key_offset):
+    def forward(ctx, q, k, v, mask, scale, span, key_offset, chunk=0):
         groups = q.shape[1] // k.shape[1]
         kr = k.repeat_interleave(groups, dim=1) if groups > 1 else k
         vr = v.repeat_interleave(groups, dim=1) if groups > 1 else v
-        fmask = _additive(mask, q.dtype)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, kr, vr, 0.0, mask is None, attn_mask=fmask, scale=scale)
-        if mask is None:
-            n = q.shape[2]
+        n = q.shape[2]
+        plain = mask is None
+        if plain:
             mask = (torch.arange(n, device=q.device) <= torch.arange(n, device=q.device)[:, None])[None, None]
+        if plain and chunk <= 0:  # K == T: one call in the kernel's own causal mode
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kr, vr, 0.0, True, scale=scale)
+        else:
+            out, lse = _flash_forward(q, kr, vr, _additive(mask, q.dtype), scale, causal_chunks(n, chunk, key_offset))
         ctx.save_for_backward(q, kr, vr, out, lse, mask)
         ctx.scale, ctx.span, ctx.key_offset, ctx.groups = scale, span, key_offset, groups
         return out
@@ -80,11 +107,11 @@ class ImageColumnAttention(torch.autograd.Function):
         if dk_c is not None:
             dk[:, :, off + a:off + b] = dk_c
             dv[:, :, off + a:off + b] = dv_c
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
-def image_column_attention(q, k, v, mask, scale, span, key_offset=0):
+def image_column_attention(q, k, v, mask, scale, span, key_offset=0, chunk=0):
     kind = q.device.type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else q.dtype
     q, k, v = (t.to(dtype) for t in (q, k, v))  # as autocast runs SDPA (lower precision, one dtype)
-    return ImageColumnAttention.apply(q, k, v, mask, scale, tuple(span), int(key_offset))
+    return ImageColumnAttention.apply(q, k, v, mask, scale, tuple(span), int(key_offset), int(chunk))

@@ -51,7 +51,7 @@ class VisionLLMBase(Blip2Base):
                  lora_include_mlp=False, max_txt_len=512, system_message=None,
                  enable_autocast=False, autocast_dtype="bf16", packing=False, pad_to_max_txt_len=False,
                  preprocess_cache_size=100_000, fast_tokenize=True, share_prefix=True,
-                 vision_attn_implementation="sdpa", frozen_llm=None):
+                 vision_attn_implementation="sdpa", frozen_llm=None, cpu_onednn_linear=False):
         super().__init__()
         if not llm_model and not llm_config:  # fail before building a 1B-parameter ViT
             raise ValueError("Set model.llm_model to a local folder with the LLM, or give model.llm_config for a "
@@ -111,6 +111,9 @@ class VisionLLMBase(Blip2Base):
         if get_lora:
             self.llm_model = llm_utils.apply_lora(self.llm_model, llm_family, lora_r, lora_alpha, lora_dropout,
                                                   lora_target_modules, lora_include_mlp)
+        if cpu_onednn_linear:  # frozen CPU fp32 Linear layers through oneDNN (models/onednn_linear.py)
+            from lavis_lite.models.onednn_linear import use_onednn_linear
+            use_onednn_linear(self, True)
         logger.info("%s: %s", type(self).__name__, self.show_n_params())
 
     # ---- construction ------------------------------------------------------

@@ -4,8 +4,19 @@
 were trained with) or ``tensor`` (torch's uint8 antialiased bicubic on the decoded pixels, ~9x faster
 on CPU for a 640x480 photo; it rounds differently, so about 0.2% of the output pixels differ from
 Pillow's by one level of 255 -- hence opt-in, and a different feature-cache namespace).
+
+``decode`` picks how much of a JPEG is decoded: ``full`` (default; every pixel, bit-exact with the
+published pipeline) or ``draft`` (libjpeg's DCT scaling, PIL ``Image.draft``: the file is decoded at
+1/2, 1/4 or 1/8 scale, the smallest that still covers what the transform resizes to, so the resize
+never upsamples). Draft pixels are not the full decode's (the DCT downscale is a box-like filter before
+the bicubic): opt-in, and a different feature-cache namespace. Non-JPEG files and images too small to
+scale decode in full, with identical results. The loader calls :meth:`prepare_decode` on the lazily
+opened image before it is loaded (``base_dataset.load_image`` and the other dataset readers).
 """
 from __future__ import annotations
+
+import math
+import re
 
 import numpy as np
 import torch
@@ -35,6 +46,7 @@ def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
 
 
 RESIZE_BACKENDS = ("pil", "tensor")
+DECODES = ("full", "draft")
 
 
 class PILToUint8Tensor:
@@ -46,6 +58,25 @@ class PILToUint8Tensor:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class Uint8ToNormalizedFloat:
+    """uint8 [3, H, W] -> float32 ``(x / 255 - mean) / std``: the same operations, in the same order, as
+    torchvision's ``ConvertImageDtype(float32)`` + ``Normalize`` (bit-identical results, tested), in one
+    buffer instead of three (the tensor backend's last step)."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if any(s == 0 for s in self.std):
+            raise ValueError(f"std must not be zero, got {self.std}")
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image.to(torch.float32).div_(255.0).sub_(self._mean).div_(self._std)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
 
 
 class TensorResize:
@@ -81,19 +112,59 @@ def _check_backend(resize_backend: str) -> str:
     return resize_backend
 
 
+def _check_decode(decode: str) -> str:
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    return decode
+
+
+def prepare_decode(processor, image: Image.Image) -> None:
+    """Let ``processor`` (if it has the hook) choose a JPEG draft scale for the opened, not yet loaded
+    ``image``; a no-op for other processors and for ``decode: full``."""
+    hook = getattr(processor, "prepare_decode", None)
+    if hook is not None:
+        hook(image)
+
+
 class BlipImageBaseProcessor(BaseProcessor):
-    def __init__(self, image_size: int = 224, mean=None, std=None, resize_backend: str = "pil"):
+    def __init__(self, image_size: int = 224, mean=None, std=None, resize_backend: str = "pil",
+                 decode: str = "full"):
         super().__init__()
         self.image_size = int(image_size)
         self.mean = tuple(mean) if mean is not None else CLIP_MEAN
         self.std = tuple(std) if std is not None else CLIP_STD
         self.resize_backend = _check_backend(resize_backend)
+        self.decode = _check_decode(decode)
         self.normalize = transforms.Normalize(self.mean, self.std)
 
     def __call__(self, item):
         if not isinstance(item, Image.Image):
             raise TypeError(f"{type(self).__name__} expects a PIL image, got {type(item).__name__}")
         return self.transform(to_rgb(item))
+
+    # ---- decode: draft ------------------------------------------------------------------------------
+    def draft_covers(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) the decoded image must at least have so that the transform never upsamples: the whole
+        image is resized to ``image_size`` here; a random crop overrides this."""
+        return self.image_size, self.image_size
+
+    def prepare_decode(self, image: Image.Image) -> None:
+        """``decode: draft``: ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) whose output still
+        covers :meth:`draft_covers`; must run before ``image.load()``. Pillow rounds the scale down to
+        one of those (or 1: then nothing changes), so the drafted size is >= the request. Non-JPEG
+        images, and JPEGs already loaded, are left alone (they decode in full)."""
+        if self.decode != "draft" or getattr(image, "format", None) != "JPEG" or image.tile == []:
+            return
+        need_w, need_h = self.draft_covers(*image.size)
+        if image.width // need_w < 2 or image.height // need_h < 2:
+            return  # too small to scale: full decode
+        image.draft(image.mode, (need_w, need_h))  # keep the colour mode; only the scale changes
+
+    def describe(self) -> str:
+        """Feature-cache description: as ``describe_transform`` gives for any processor, plus the decode
+        mode when it is not ``full`` (so draft-decoded features get their own cache namespace)."""
+        text = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(self).__name__}({self.transform!r})")
+        return text if self.decode == "full" else f"{text} decode={self.decode}"
 
 
 @registry.register_processor("blip2_image_train")
@@ -106,22 +177,23 @@ class BlipImageTrainProcessor(BlipImageBaseProcessor):
     DEFAULT_RANDAUGMENT = False
 
     def __init__(self, image_size=224, mean=None, std=None, min_scale=0.5, max_scale=1.0, hflip=True,
-                 resize_backend="pil", randaugment=None):
-        super().__init__(image_size, mean, std, resize_backend)
+                 resize_backend="pil", randaugment=None, decode="full"):
+        super().__init__(image_size, mean, std, resize_backend, decode)
         if not 0 < min_scale <= max_scale <= 1.0:
             raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got ({min_scale}, {max_scale})")
         self.min_scale, self.max_scale, self.hflip = float(min_scale), float(max_scale), bool(hflip)
         tensor = self.resize_backend == "tensor"
         crop = TensorRandomResizedCrop if tensor else transforms.RandomResizedCrop
         steps = [PILToUint8Tensor()] if tensor else []
-        steps.append(crop(self.image_size, scale=(self.min_scale, self.max_scale),
-                          interpolation=InterpolationMode.BICUBIC))
+        self.crop = crop(self.image_size, scale=(self.min_scale, self.max_scale),
+                         interpolation=InterpolationMode.BICUBIC)
+        steps.append(self.crop)
         if self.hflip:
             steps.append(transforms.RandomHorizontalFlip())
         self.randaugment = _randaugment(self.DEFAULT_RANDAUGMENT if randaugment is None else randaugment)
         if self.randaugment is not None:
             steps.append(self.randaugment)
-        steps += [transforms.ConvertImageDtype(torch.float32) if tensor else transforms.ToTensor(), self.normalize]
+        steps += [Uint8ToNormalizedFloat(self.mean, self.std)] if tensor else [transforms.ToTensor(), self.normalize]
         self.transform = transforms.Compose(steps)
 
     @classmethod
@@ -129,7 +201,19 @@ class BlipImageTrainProcessor(BlipImageBaseProcessor):
         return cls(image_size=cfg_get(cfg, "image_size", 224), mean=cfg_get(cfg, "mean", None),
                    std=cfg_get(cfg, "std", None), min_scale=cfg_get(cfg, "min_scale", 0.5),
                    max_scale=cfg_get(cfg, "max_scale", 1.0), hflip=cfg_get(cfg, "hflip", True),
-                   resize_backend=cfg_get(cfg, "resize_backend", "pil"), randaugment=cfg_get(cfg, "randaugment", None))
+                   resize_backend=cfg_get(cfg, "resize_backend", "pil"), randaugment=cfg_get(cfg, "randaugment", None),
+                   decode=cfg_get(cfg, "decode", "full"))
+
+    def draft_covers(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest crop RandomResizedCrop can draw (area ``min_scale``, the extreme aspect ratios)
+        must still be >= ``image_size`` on both sides after the draft scale (up to the crop sampler's
+        rounding of one pixel): at 640x480 and min_scale 0.5 that rules out any scaling (the smallest
+        crop is ~340 px), so draft decoding pays here only for larger sources (>= ~900x600 for 1/2)."""
+        lo, hi = self.crop.ratio
+        area = self.min_scale * width * height
+        min_w = min(width, math.sqrt(area * min(lo, hi)))
+        min_h = min(height, math.sqrt(area / max(lo, hi)))
+        return (math.ceil(width * self.image_size / min_w), math.ceil(height * self.image_size / min_h))
 
 
 @registry.register_processor("blip_image_train")
@@ -158,16 +242,18 @@ def _randaugment(spec):
 class BlipImageEvalProcessor(BlipImageBaseProcessor):
     """Deterministic: bicubic resize to (image_size, image_size)."""
 
-    def __init__(self, image_size=224, mean=None, std=None, resize_backend="pil"):
-        super().__init__(image_size, mean, std, resize_backend)
+    def __init__(self, image_size=224, mean=None, std=None, resize_backend="pil", decode="full"):
+        super().__init__(image_size, mean, std, resize_backend, decode)
         size = (self.image_size, self.image_size)
         if self.resize_backend == "tensor":
-            steps = [PILToUint8Tensor(), TensorResize(size), transforms.ConvertImageDtype(torch.float32)]
+            steps = [PILToUint8Tensor(), TensorResize(size), Uint8ToNormalizedFloat(self.mean, self.std)]
         else:
-            steps = [transforms.Resize(size, interpolation=InterpolationMode.BICUBIC), transforms.ToTensor()]
-        self.transform = transforms.Compose(steps + [self.normalize])
+            steps = [transforms.Resize(size, interpolation=InterpolationMode.BICUBIC), transforms.ToTensor(),
+                     self.normalize]
+        self.transform = transforms.Compose(steps)
 
     @classmethod
     def from_config(cls, cfg=None):
         return cls(image_size=cfg_get(cfg, "image_size", 224), mean=cfg_get(cfg, "mean", None),
-                   std=cfg_get(cfg, "std", None), resize_backend=cfg_get(cfg, "resize_backend", "pil"))
+                   std=cfg_get(cfg, "std", None), resize_backend=cfg_get(cfg, "resize_backend", "pil"),
+                   decode=cfg_get(cfg, "decode", "full"))

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
 from lavis_lite.datasets.datasets.errors import DataError, ErrorPolicy, record_error
-from lavis_lite.processors.image_processors import to_rgb
+from lavis_lite.processors.image_processors import prepare_decode, to_rgb
 
 _MAX_SUBSTITUTES = 20  # skip mode: how many following records to try in place of a bad one
 
@@ -47,12 +47,14 @@ def read_annotation_file(path: str, policy: ErrorPolicy) -> list[tuple[int, Any]
     return list(enumerate(data))
 
 
-def load_image(path: str) -> Image.Image:
-    """Open and fully decode an image (truncated files fail here, not later), as RGB."""
+def load_image(path: str, processor=None) -> Image.Image:
+    """Open and fully decode an image (truncated files fail here, not later), as RGB. ``processor``: the
+    image processor it is meant for, which may pick a JPEG draft scale first (``decode: draft``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
+            prepare_decode(processor, img)
             img.load()
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -156,7 +158,7 @@ class BaseDataset(Dataset):
         return rel if os.path.isabs(rel) or self.vis_root is None else os.path.join(self.vis_root, rel)
 
     def read_image(self, rel: str) -> torch.Tensor:
-        image = load_image(self.image_path(rel))
+        image = load_image(self.image_path(rel), self.vis_processor)
         return self.vis_processor(image) if self.vis_processor is not None else image
 
     def process_text(self, text: str) -> str:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from lavis_lite.datasets.datasets.base_dataset import BaseDataset
 from lavis_lite.datasets.datasets.errors import DataError
-from lavis_lite.processors.image_processors import to_rgb
+from lavis_lite.processors.image_processors import prepare_decode, to_rgb
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -58,6 +58,7 @@ class BenchmarkDataset(BaseDataset):
     def image_from_record(self, ann: dict):
         if ann.get("image_bytes") is not None:
             with Image.open(io.BytesIO(ann["image_bytes"])) as img:
+                prepare_decode(self.vis_processor, img)
                 img.load()
                 image = to_rgb(img)
             return self.vis_processor(image) if self.vis_processor is not None else image

@@ -30,7 +30,7 @@ from lavis_lite.datasets.datasets.instruction_datasets import (
     parse_llava_record,
     parse_minigpt4_record,
 )
-from lavis_lite.processors.image_processors import to_rgb
+from lavis_lite.processors.image_processors import prepare_decode, to_rgb
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp")
@@ -103,6 +103,7 @@ class WebDatasetStream(ChatEncodingMixin, torch.utils.data.IterableDataset):
         images = []
         for key in _image_keys(raw):
             with Image.open(io.BytesIO(raw[key])) as img:
+                prepare_decode(self.vis_processor, img)
                 img.load()
                 img = to_rgb(img)
             images.append(self.vis_processor(img) if self.vis_processor is not None else img)
