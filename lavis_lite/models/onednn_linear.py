@@ -53,7 +53,9 @@ class OneDNNFrozenLinear(nn.Linear):
         return _FrozenLinearFunction.apply(x, self.weight, self.bias, self._weight_t())
 
     def _weight_t(self) -> torch.Tensor:
-        """W^T, contiguous, recomputed whenever the weight tensor or its contents change."""
+        """W^T, contiguous, recomputed whenever the weight tensor or its contents change. Kept between
+        steps (a copy per step would cost more than the product saves), so such a layer's weight is held
+        twice: docs/performance.md says what that means for large models."""
         key = (self.weight.data_ptr(), self.weight._version)
         if getattr(self, "_weight_t_key", None) != key:
             self._weight_t_cache = self.weight.detach().t().contiguous()
