@@ -54,7 +54,7 @@ class OneDNNFrozenLinear(nn.Linear):
 
     def _weight_t(self) -> torch.Tensor:
         """W^T, contiguous, recomputed whenever the weight tensor or its contents change. Kept between
-        steps (a copy per step would cost more than the product saves), so such a layer's weight is held
+        steps (else every step would copy every weight once more), so such a layer's weight is held
         twice: docs/performance.md says what that means for large models."""
         key = (self.weight.data_ptr(), self.weight._version)
         if getattr(self, "_weight_t_key", None) != key:
