@@ -56,8 +56,12 @@ def test_same_seed_same_order_and_all_groups_seen():
 
 def test_only_groups_still_fill_every_batch():
     keys = [f"g{i // 3}" for i in range(30)]  # 10 groups of 3, batch 8: groups must split to fill
-    order = list(GroupedBatchSampler(keys, 8, 1, 0))
+    sampler = GroupedBatchSampler(keys, 8, 1, 0)
+    order = list(sampler)
     assert len(order) == 24 and len(set(order)) == 24
+    assert sampler.split_groups == 4  # 3 batches x 2 whole groups: the other 4 groups are counted as split
+    roomy = GroupedBatchSampler(_keys(), 16, seed=1)
+    assert list(roomy) and roomy.split_groups == 0
 
 
 def test_bad_groups_are_errors():

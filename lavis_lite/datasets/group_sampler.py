@@ -14,10 +14,14 @@ fit change from epoch to epoch.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils.data import Sampler
 
 from lavis_lite.common.dist_utils import get_rank, get_world_size
+
+logger = logging.getLogger(__name__)
 
 
 def groups_of(keys: list) -> list[list[int]]:
@@ -41,6 +45,7 @@ class GroupedBatchSampler(Sampler[int]):
         self.num_replicas = get_world_size() if num_replicas is None else int(num_replicas)
         self.rank = get_rank() if rank is None else int(rank)
         self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), 0
+        self.split_groups = 0  # groups that fit no batch whole in the last epoch drawn (rank_batches)
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.groups = groups_of(list(keys))
@@ -70,7 +75,7 @@ class GroupedBatchSampler(Sampler[int]):
         singles = [grp[0] for grp in order if len(grp) == 1]
         # Groups first, dealt round-robin over the slots (each slot gets an even share), skipping a slot
         # the group does not fit; a group that fits nowhere waits.
-        s, waiting = 0, []
+        s, waiting, n_waiting = 0, [], 0
         for grp in multi:
             for tried in range(n_slots):
                 slot = slots[(s + tried) % n_slots]
@@ -80,7 +85,14 @@ class GroupedBatchSampler(Sampler[int]):
                     break
             else:
                 waiting.extend(grp)
+                n_waiting += 1
         # The ungrouped records fill the rest; only when they run out do waiting groups' records (split).
+        # Counted and logged: a split group is a contrast set the objective does not see whole.
+        self.split_groups = n_waiting
+        if self.split_groups:
+            logger.warning("batch groups: %d of %d groups fit no batch whole in epoch %d (batch %d); their "
+                           "records fill batches one by one", self.split_groups, len(multi), self.epoch,
+                           self.batch_size)
         it = iter(singles + waiting)
         for slot in slots:
             slot.extend(next(it) for _ in range(self.batch_size - len(slot)))
