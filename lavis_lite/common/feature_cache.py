@@ -55,7 +55,9 @@ def describe_transform(transform) -> str:
     """A deterministic text description of an image transform (processor or torchvision Compose).
 
     A processor may define ``describe()``; otherwise its ``repr`` is used (torchvision transforms print
-    their parameters), with object addresses removed so the description is stable across runs.
+    their parameters), with object addresses removed so the description is stable across runs. A
+    processor that decodes JPEGs other than in full (``decode: draft``) has that appended: its pixels
+    differ, so its features get their own namespace (``full`` keeps the old description and caches).
     """
     if transform is None:
         return "none"
@@ -65,7 +67,9 @@ def describe_transform(transform) -> str:
     inner = getattr(transform, "transform", None)  # lavis-style processors keep a Compose here
     if inner is not None:
         text = f"{type(transform).__name__}({inner!r})"
-    return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+    decode = getattr(transform, "decode", "full")
+    return text if decode == "full" else f"{text} decode={decode}"
 
 
 def is_deterministic_transform(transform) -> bool:

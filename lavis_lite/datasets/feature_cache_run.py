@@ -81,9 +81,7 @@ def fill_cache(model, dataset, cache: FeatureCache, batch_size: int = 32, rank: 
     not depend on timing), skipping those already present, so several ranks fill one cache together
     (writes are atomic; overlapping work would only cost time).
     """
-    from PIL import Image
-
-    from lavis_lite.processors.image_processors import prepare_decode, to_rgb
+    from lavis_lite.datasets.datasets.base_dataset import decode_image
 
     paths = [p for p in dataset_image_paths(dataset)[rank::world_size] if not cache.has(p)]
     bar = None
@@ -96,11 +94,7 @@ def fill_cache(model, dataset, cache: FeatureCache, batch_size: int = 32, rank: 
     try:
         for s in range(0, len(paths), batch_size):
             chunk = paths[s:s + batch_size]
-            pixels = []
-            for p in chunk:
-                with Image.open(p) as img:
-                    prepare_decode(dataset.vis_processor, img)
-                    pixels.append(dataset.vis_processor(to_rgb(img)))
+            pixels = [dataset.vis_processor(decode_image(p, dataset.vis_processor)) for p in chunk]
             with torch.no_grad():
                 features, stage = model.extract_frozen_features(torch.stack(pixels).to(model.device))
             if stage != cache.stage:

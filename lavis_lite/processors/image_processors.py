@@ -16,7 +16,6 @@ opened image before it is loaded (``base_dataset.load_image`` and the other data
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import torch
@@ -106,16 +105,10 @@ class TensorRandomResizedCrop(transforms.RandomResizedCrop):
         return TensorResize(tuple(self.size), self.interpolation.value)(crop)
 
 
-def _check_backend(resize_backend: str) -> str:
-    if resize_backend not in RESIZE_BACKENDS:
-        raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {resize_backend!r}")
-    return resize_backend
-
-
-def _check_decode(decode: str) -> str:
-    if decode not in DECODES:
-        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
-    return decode
+def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+    return value
 
 
 def prepare_decode(processor, image: Image.Image) -> None:
@@ -133,8 +126,8 @@ class BlipImageBaseProcessor(BaseProcessor):
         self.image_size = int(image_size)
         self.mean = tuple(mean) if mean is not None else CLIP_MEAN
         self.std = tuple(std) if std is not None else CLIP_STD
-        self.resize_backend = _check_backend(resize_backend)
-        self.decode = _check_decode(decode)
+        self.resize_backend = _check_choice("resize_backend", resize_backend, RESIZE_BACKENDS)
+        self.decode = _check_choice("decode", decode, DECODES)
         self.normalize = transforms.Normalize(self.mean, self.std)
 
     def __call__(self, item):
@@ -159,12 +152,6 @@ class BlipImageBaseProcessor(BaseProcessor):
         if image.width // need_w < 2 or image.height // need_h < 2:
             return  # too small to scale: full decode
         image.draft(image.mode, (need_w, need_h))  # keep the colour mode; only the scale changes
-
-    def describe(self) -> str:
-        """Feature-cache description: as ``describe_transform`` gives for any processor, plus the decode
-        mode when it is not ``full`` (so draft-decoded features get their own cache namespace)."""
-        text = re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(self).__name__}({self.transform!r})")
-        return text if self.decode == "full" else f"{text} decode={self.decode}"
 
 
 @registry.register_processor("blip2_image_train")

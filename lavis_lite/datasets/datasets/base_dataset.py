@@ -47,16 +47,22 @@ def read_annotation_file(path: str, policy: ErrorPolicy) -> list[tuple[int, Any]
     return list(enumerate(data))
 
 
+def decode_image(source, processor=None) -> Image.Image:
+    """Open ``source`` (a path or a binary file object) and fully decode it (truncated files fail here,
+    not later), as RGB. ``processor``: the image processor it is meant for, which may pick a JPEG draft
+    scale first (``decode: draft``)."""
+    with Image.open(source) as img:
+        prepare_decode(processor, img)
+        img.load()
+        return to_rgb(img)
+
+
 def load_image(path: str, processor=None) -> Image.Image:
-    """Open and fully decode an image (truncated files fail here, not later), as RGB. ``processor``: the
-    image processor it is meant for, which may pick a JPEG draft scale first (``decode: draft``)."""
+    """:func:`decode_image` of a file, with errors that name it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            prepare_decode(processor, img)
-            img.load()
-            return to_rgb(img)
+        return decode_image(path, processor)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise OSError(f"cannot decode image {path}: {err}") from None
 

@@ -25,11 +25,9 @@ import os
 import sys
 
 import torch
-from PIL import Image
 
-from lavis_lite.datasets.datasets.base_dataset import BaseDataset
+from lavis_lite.datasets.datasets.base_dataset import BaseDataset, decode_image
 from lavis_lite.datasets.datasets.errors import DataError
-from lavis_lite.processors.image_processors import prepare_decode, to_rgb
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -57,10 +55,7 @@ class BenchmarkDataset(BaseDataset):
 
     def image_from_record(self, ann: dict):
         if ann.get("image_bytes") is not None:
-            with Image.open(io.BytesIO(ann["image_bytes"])) as img:
-                prepare_decode(self.vis_processor, img)
-                img.load()
-                image = to_rgb(img)
+            image = decode_image(io.BytesIO(ann["image_bytes"]), self.vis_processor)
             return self.vis_processor(image) if self.vis_processor is not None else image
         return self.read_image(ann["image"])
 

@@ -20,9 +20,9 @@ import random
 import zlib
 
 import torch
-from PIL import Image
 
 from lavis_lite.datasets.chat_encoding import ChatEncodingMixin
+from lavis_lite.datasets.datasets.base_dataset import decode_image
 from lavis_lite.datasets.datasets.errors import DataError, ErrorPolicy
 from lavis_lite.datasets.datasets.instruction_datasets import (
     check_conversation,
@@ -30,7 +30,6 @@ from lavis_lite.datasets.datasets.instruction_datasets import (
     parse_llava_record,
     parse_minigpt4_record,
 )
-from lavis_lite.processors.image_processors import prepare_decode, to_rgb
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp")
@@ -102,10 +101,7 @@ class WebDatasetStream(ChatEncodingMixin, torch.utils.data.IterableDataset):
     def _images(self, raw: dict) -> list:
         images = []
         for key in _image_keys(raw):
-            with Image.open(io.BytesIO(raw[key])) as img:
-                prepare_decode(self.vis_processor, img)
-                img.load()
-                img = to_rgb(img)
+            img = decode_image(io.BytesIO(raw[key]), self.vis_processor)
             images.append(self.vis_processor(img) if self.vis_processor is not None else img)
         return images
 
