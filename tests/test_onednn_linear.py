@@ -91,3 +91,13 @@ def test_odd_inputs():
         got = layer(x)
         assert got.shape == x.shape[:-1] + (40,)
         torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_enabling_without_onednn_is_an_error_naming_the_key(monkeypatch):
+    import lavis_lite.models.onednn_linear as onednn
+    monkeypatch.setattr(onednn, "onednn_available", lambda: False)
+    layer = nn.Linear(4, 4)
+    with pytest.raises(RuntimeError, match="model.cpu_onednn_linear"):
+        use_onednn_linear(layer)
+    assert type(layer) is nn.Linear
+    assert use_onednn_linear(layer, False) == 0  # switching off needs no oneDNN

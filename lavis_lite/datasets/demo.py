@@ -88,11 +88,16 @@ def single_params(rng: random.Random, S: int, shape=None, colour=None) -> dict:
             "shapes": [_shape(rng, shape, colour, cx, cy, size)]}
 
 
+def count_slots(S: int) -> list[tuple[int, int]]:
+    """The four quadrant centres a count layout places its shapes at."""
+    return [(S // 4, S // 4), (3 * S // 4, S // 4), (S // 4, 3 * S // 4), (3 * S // 4, 3 * S // 4)]
+
+
 def count_params(rng: random.Random, S: int) -> dict:
     """1-3 copies of one shape in distinct quadrants (never overlapping)."""
     n = rng.randint(1, 3)
     shape, colour = rng.choice(SHAPES), rng.choice(list(COLOURS))
-    slots = rng.sample([(S // 4, S // 4), (3 * S // 4, S // 4), (S // 4, 3 * S // 4), (3 * S // 4, 3 * S // 4)], n)
+    slots = rng.sample(count_slots(S), n)
     size = max(3, round(0.34 * S))
     return {"layout": "count", "background": rng.choice(list(BACKGROUNDS)),
             "shapes": [_shape(rng, shape, colour, x, y, size) for x, y in slots]}
@@ -118,9 +123,8 @@ def contrast_params(params: dict, S: int, rng: random.Random) -> list[dict]:
                  "shapes": [{**first, "cx": x, "cy": y}]}
                 for x, y in (position_xy(w, S) for w in POSITIONS if w != position_of(params, S))]
     if layout == "count":
-        slots = [(S // 4, S // 4), (3 * S // 4, S // 4), (S // 4, 3 * S // 4), (3 * S // 4, 3 * S // 4)]
         return [{"layout": "count", "background": params["background"],
-                 "shapes": [{**first, "cx": x, "cy": y} for x, y in rng.sample(slots, n)]}
+                 "shapes": [{**first, "cx": x, "cy": y} for x, y in rng.sample(count_slots(S), n)]}
                 for n in NUMBER_WORDS if n != len(params["shapes"])]
     raise ValueError(f"no contrast images for layout {layout!r} (position and count only)")
 

@@ -66,7 +66,11 @@ class OneDNNFrozenLinear(nn.Linear):
 def use_onednn_linear(module: nn.Module, enabled: bool = True) -> int:
     """Swap every plain ``nn.Linear`` under ``module`` to :class:`OneDNNFrozenLinear` (``enabled``) or
     back. Returns how many layers were changed. Subclasses of nn.Linear (e.g. quantised or LoRA layers)
-    are left alone; a LoRA layer's frozen ``base_layer`` is a plain Linear and is swapped."""
+    are left alone; a LoRA layer's frozen ``base_layer`` is a plain Linear and is swapped. Enabling it on
+    a torch built without oneDNN is an error here, not at the first forward."""
+    if enabled and not onednn_available():
+        raise RuntimeError("model.cpu_onednn_linear needs torch's oneDNN (torch.backends.mkldnn), which this "
+                           "torch build lacks; set model.cpu_onednn_linear: False")
     changed = 0
     for sub in module.modules():
         if enabled and type(sub) is nn.Linear:
