@@ -288,6 +288,16 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _step(model, optimizer, batch, autocast) -> dict:
+    """One optimizer step on ``batch``; the model's output."""
+    with autocast():
+        out = model(batch)
+    out["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
 def train_steps(model, optimizer, batches, n_steps, device, autocast=None) -> tuple[float, float, int, int]:
     """(wall seconds, CPU seconds of this process, samples, supervised tokens) of ``n_steps`` steps."""
     import contextlib
@@ -301,11 +311,7 @@ def train_steps(model, optimizer, batches, n_steps, device, autocast=None) -> tu
     start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(n_steps):
         batch = next(batches)
-        with autocast():
-            out = model(batch)
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        out = _step(model, optimizer, batch, autocast)
         samples += len(batch["n_images"])
         tokens += int(out["n_tokens"])
     if cuda:
@@ -335,11 +341,7 @@ def step_breakdown(model, optimizer, batches, n_steps, autocast=None) -> dict:
             t = time.process_time()
             batch = next(batches)
             spent["data"] += time.process_time() - t
-            with autocast():
-                out = model(batch)
-            out["loss"].backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _step(model, optimizer, batch, autocast)
         total = time.process_time() - start
     finally:
         del model.encode_image  # the instance attribute; the class method is back
