@@ -59,6 +59,7 @@ class RunKeys:
     length_grouped_sampler: bool = False
     batch_group_key: Optional[str] = None  # records sharing this field's value share a batch (group_sampler.py)
     feature_cache: Any = None
+    image_memory_cache: Any = None  # true | {splits, max_gb}: processed images kept in memory (datasets/image_cache.py)
     # optimisation
     lr_sched: str = "linear_warmup_cosine_lr"
     init_lr: Optional[float] = None

@@ -4,6 +4,7 @@
   ``chat_template`` processor inside DataLoader workers (chat_encoding.py): training splits lay out rows
   with the model's ``ChatCollator`` settings, evaluation splits one conversation per row.
 * ``run.feature_cache``: splits read cached frozen-stage features (feature_cache_run.py).
+* ``run.image_memory_cache``: splits keep their processed images in memory (image_cache.py).
 """
 from __future__ import annotations
 
@@ -40,4 +41,7 @@ def wire_datasets(cfg, model, datasets: dict) -> dict:
     run = cfg.run_cfg if hasattr(cfg, "run_cfg") else cfg.get("run", {})
     attach_chat_processors(model, datasets, tuple(run.get("train_splits", None) or ("train",)))
     from lavis_lite.datasets.feature_cache_run import prepare_feature_cache
-    return prepare_feature_cache(cfg, model, datasets)
+    from lavis_lite.datasets.image_cache import attach_memory_caches
+    datasets = prepare_feature_cache(cfg, model, datasets)
+    attach_memory_caches(run, datasets)
+    return datasets

@@ -164,7 +164,14 @@ class BaseDataset(Dataset):
         return rel if os.path.isabs(rel) or self.vis_root is None else os.path.join(self.vis_root, rel)
 
     def read_image(self, rel: str) -> torch.Tensor:
-        image = load_image(self.image_path(rel), self.vis_processor)
+        cache = self.__dict__.get("memory_cache")  # run.image_memory_cache (datasets/image_cache.py)
+        if cache is not None:
+            path = self.image_path(rel)
+            return cache.get_or_load(path, lambda: self._decode_and_process(path))
+        return self._decode_and_process(self.image_path(rel))
+
+    def _decode_and_process(self, path: str) -> torch.Tensor:
+        image = load_image(path, self.vis_processor)
         return self.vis_processor(image) if self.vis_processor is not None else image
 
     def process_text(self, text: str) -> str:
