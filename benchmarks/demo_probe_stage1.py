@@ -46,9 +46,10 @@ def label(what: str, params: dict, size: int = 32) -> int:
     return demo_data.POSITIONS.index(demo_data.position_of(params, size))
 
 
-def probe_stage1(stage1: str, n_train: int = 256, n_test: int = 400, seed: int = 123) -> dict:
+def probe_stage1(stage1: str, n_train: int = 256, n_test: int = 400, seed: int = 123,
+                 model_options: dict | None = None) -> dict:
     torch.manual_seed(0)
-    model = dd.build_model(stage1, {})
+    model = dd.build_model(stage1, model_options or {})
     model.eval()
     rng, out = random.Random(seed), {}
     centred = demo_data.single_params
@@ -67,9 +68,11 @@ def main(argv=None):
     p.add_argument("stage1", help="stage-1 checkpoint folder (demo_stage1.yaml's checkpoint_best)")
     p.add_argument("--train", type=int, default=256, help="probe training images per question type")
     p.add_argument("--test", type=int, default=400, help="probe test images per question type")
+    p.add_argument("--model-options", default="{}",
+                   help='JSON overrides of minigpt4qwen tiny, e.g. the sizes stage 1 ran with: {"vit_sizes": {...}}')
     args = p.parse_args(argv)
     t0 = time.process_time()
-    res = probe_stage1(args.stage1, args.train, args.test)
+    res = probe_stage1(args.stage1, args.train, args.test, model_options=json.loads(args.model_options))
     res["cpu_s"] = round(time.process_time() - t0, 1)
     print(json.dumps(res))
 

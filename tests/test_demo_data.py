@@ -336,3 +336,41 @@ def test_stage1_skip_leaves_a_kind_out_of_the_stage1_captions_only(tmp_path, dem
     assert _load(tmp_path / "s" / "caption" / "val.json") == _load(demo_dir / "caption" / "val.json")
     with pytest.raises(ValueError, match="unknown question types"):
         demo.generate(str(tmp_path / "bad"), n=N, stage1_skip=("multi",))
+
+
+def test_compare_pairs_add_train_records_over_drawn_images_only(tmp_path, demo_dir):
+    demo.generate(str(tmp_path / "c"), n=N, seed=0, compare_pairs=40)
+    base, out = demo_dir, tmp_path / "c"
+    train, before = _load(out / "instruction" / "train.json"), _load(base / "instruction" / "train.json")
+    assert train[:len(before)] == before and len(train) == len(before) + 40
+    extra = train[len(before):]
+    assert [r["id"] for r in extra] == [f"train_{len(before) + j:06d}" for j in range(40)]
+    kinds = Counter((r["turn_types"][0], r["output"]) for r in extra)
+    assert set(kinds) == {(k, a) for k in ("compare_shape", "compare_colour") for a in ("yes", "no")}
+    for r in extra:
+        a, b = r["image"]
+        assert a != b and r["question_type"] == "compare"
+        assert os.path.isfile(base / "images" / a) and os.path.isfile(base / "images" / b)  # no new image
+        assert all(p["layout"] == "centre" for p in r["params"])
+        key = r["turn_types"][0].split("_")[1]
+        same = r["params"][0]["shapes"][0][key] == r["params"][1]["shapes"][0][key]
+        assert r["output"] == ("yes" if same else "no")
+        for path, p in zip(r["image"], r["params"]):  # the params are those the image was drawn from
+            drawn = np.asarray(Image.open(base / "images" / path).convert("RGB"))
+            assert np.array_equal(drawn, np.asarray(demo.draw_image(p, 32)))
+    # every other file is unchanged (stage 1, the alignment captions, the held-out splits, the images)
+    for rel in ("caption/train.json", "instruction/captions_train.json", "instruction/val.json",
+                "instruction/test.json", "vqa/train.json"):
+        assert _load(out / rel) == _load(base / rel), rel
+    assert sorted(os.listdir(out / "images" / "train")) == sorted(os.listdir(base / "images" / "train"))
+    llava = _load(out / "llava" / "train.json")[len(before):]
+    assert [c["conversations"][1]["value"] for c in llava] == [r["output"] for r in extra]
+    shard_ids = set()
+    import tarfile
+    for name in os.listdir(out / "shards"):
+        if name.startswith("train-"):
+            with tarfile.open(out / "shards" / name) as tar:
+                shard_ids |= {m.name.split(".")[0] for m in tar.getmembers()}
+    assert {r["id"] for r in extra} <= shard_ids
+    with pytest.raises(ValueError, match="compare-pairs must be >= 0"):
+        demo.generate(str(tmp_path / "bad"), n=N, compare_pairs=-1)

@@ -203,6 +203,48 @@ def make_record(rng: random.Random, kind: str, S: int) -> dict:
     return {"params": [params], "turns": [(kind, rng.choice(QUESTIONS[kind]))], "question_type": kind}
 
 
+def extra_compare_records(rng: random.Random, centred: list, n: int) -> list[tuple[dict, list]]:
+    """``n`` compare records (``make_record``'s form) over images already drawn: ``centred`` holds
+    ``(path, params, png bytes)`` of one-centred-shape images; each record pairs two distinct ones,
+    asks "the same shape?" or "the same colour?" (half each) and is a "yes" half the time.
+    Returns ``[(record, [the two entries of centred]), ...]``."""
+    if len(centred) < 2:
+        raise ValueError("compare pairs need at least two centred-shape train images")
+    out = []
+    for _ in range(n):
+        sub = rng.choice(("compare_shape", "compare_colour"))
+        key = sub.split("_")[1]
+        a = rng.choice(centred)
+        same = rng.random() < 0.5
+        pool = [c for c in centred if c is not a and
+                (c[1]["shapes"][0][key] == a[1]["shapes"][0][key]) == same]
+        b = rng.choice(pool)
+        out.append(({"params": [a[1], b[1]], "turns": [(sub, rng.choice(QUESTIONS[sub]))],
+                     "question_type": "compare"}, [a, b]))
+    return out
+
+
+def _append_conversation(instr: list, llava: list, rid: str, rec: dict, rel_paths: list[str], size: int) -> list:
+    """Append ``rec`` (``make_record``'s form, its images at ``rel_paths``) to the instruction and LLaVA
+    records; returns its answers."""
+    tags = TAG * len(rel_paths)
+    questions = [q for _, q in rec["turns"]]
+    answers = [answer_of(k, rec["params"], size) for k, _ in rec["turns"]]
+    image_field = rel_paths[0] if len(rel_paths) == 1 else rel_paths
+    extra = {"question_type": rec["question_type"], "params": rec["params"],
+             "turn_types": [k for k, _ in rec["turns"]]}
+    one = len(questions) == 1
+    instr.append({"id": rid, "image": image_field,
+                  "instruction": f"{tags} {questions[0]}" if one else [f"{tags} {questions[0]}"] + questions[1:],
+                  "output": answers[0] if one else answers, **extra})
+    conv = []
+    for t, (q, a) in enumerate(zip(questions, answers)):
+        conv += [{"from": "human", "value": ("<image>\n" * len(rel_paths) if t == 0 else "") + q},
+                 {"from": "gpt", "value": a}]
+    llava.append({"id": rid, "image": image_field, "conversations": conv, **extra})
+    return answers
+
+
 def _split_sizes(n: int) -> dict[str, int]:
     sizes = {s: max(1, round(f * n)) for s, f in SPLIT_FRACTIONS.items()}
     sizes = {"train": n - sum(sizes.values()), **sizes}
@@ -223,16 +265,20 @@ def _kinds_of_split(rng, split: str, n_split: int, per_type: int | None) -> list
 
 def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4,
              val_per_type: int | None = None, test_per_type: int | None = None, mix: dict | None = None,
-             contrast: tuple[str, ...] = (), stage1_skip: tuple[str, ...] = ()) -> dict:
+             contrast: tuple[str, ...] = (), stage1_skip: tuple[str, ...] = (), compare_pairs: int = 0) -> dict:
     """Write the demo data set under ``out``; returns {split: number of instruction records}.
     ``val_per_type`` / ``test_per_type``: stratify that held-out split, that many records per question
     type (else it is ``SPLIT_FRACTIONS`` of ``n`` drawn from the mix); ``mix``: train kinds' shares;
     ``contrast``: layouts ("position", "count") whose train images get a contrast set in the stage-1
     captions (``contrast_params``; drawn from their own random stream, so the other files do not change);
     ``stage1_skip``: question types whose train images stay out of the stage-1 captions (e.g. "compare":
-    its images are centred shapes like most others; stage 1 then costs less)."""
+    its images are centred shapes like most others; stage 1 then costs less); ``compare_pairs``: that many
+    more train compare records, each pairing two centred-shape images the train split already drew
+    (``extra_compare_records``: no new image, so stage 1 and the frozen features do not change)."""
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    if compare_pairs < 0:
+        raise ValueError(f"--compare-pairs must be >= 0, got {compare_pairs}")
     mix = dict(mix or QUESTION_MIX)
     unknown = set(mix) - set(QUESTION_MIX)
     if unknown:
@@ -254,7 +300,7 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
         img_dir = os.path.join(out, "images", split)
         os.makedirs(img_dir, exist_ok=True)
         instr, llava, cap_train, cap_eval, vqa, gt_images, gt_anns, shard_items = [], [], [], [], [], [], [], []
-        align = []
+        align, centred = [], []  # centred: (image path, params, PNG bytes) of the split's one-centred-shape images
         for r in range(n_split):
             rec = make_record(rng, kinds[r] or rng.choices(list(mix), list(mix.values()))[0], size)
             rid = f"{split}_{r:06d}"
@@ -268,6 +314,8 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                     f.write(buf.getvalue())
                 rel_paths.append(rel)
                 shard_items.append((rid, k, buf.getvalue()))
+                if params.get("layout") == "centre":
+                    centred.append((rel, params, buf.getvalue()))
                 # Every drawn image is also a caption sample (stage 1: but those of stage1_skip kinds).
                 caps = [caption_of(params, size, v) for v in (0, 1)]
                 # Train "image_id" = the content a caption states, so images the captions cannot tell apart
@@ -294,21 +342,7 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                 gt_images.append({"id": image_id, "file_name": rel})
                 gt_anns += [{"image_id": image_id, "id": len(gt_anns) + j, "caption": c} for j, c in enumerate(caps)]
                 image_id += 1
-            tags = TAG * len(rel_paths)
-            questions = [q for _, q in rec["turns"]]
-            answers = [answer_of(k, rec["params"], size) for k, _ in rec["turns"]]
-            image_field = rel_paths[0] if len(rel_paths) == 1 else rel_paths
-            extra = {"question_type": rec["question_type"], "params": rec["params"],
-                     "turn_types": [k for k, _ in rec["turns"]]}
-            one = len(questions) == 1
-            instr.append({"id": rid, "image": image_field,
-                          "instruction": f"{tags} {questions[0]}" if one else [f"{tags} {questions[0]}"] + questions[1:],
-                          "output": answers[0] if one else answers, **extra})
-            conv = []
-            for t, (q, a) in enumerate(zip(questions, answers)):
-                conv += [{"from": "human", "value": ("<image>\n" * len(rel_paths) if t == 0 else "") + q},
-                         {"from": "gpt", "value": a}]
-            llava.append({"id": rid, "image": image_field, "conversations": conv, **extra})
+            answers = _append_conversation(instr, llava, rid, rec, rel_paths, size)
             if len(rel_paths) == 1:
                 for (k, q), a in zip(rec["turns"], answers):
                     if k == "describe":  # VQA answers stay short
@@ -316,6 +350,13 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                     vqa.append({"question_id": question_id, "image": rel_paths[0], "question": q,
                                 "answer": [a], "question_type": k})
                     question_id += 1
+        if split == "train" and compare_pairs:
+            pairs = extra_compare_records(random.Random(seed + 104729), centred, compare_pairs)
+            for j, (rec, chosen) in enumerate(pairs):
+                rid = f"{split}_{n_split + j:06d}"
+                _append_conversation(instr, llava, rid, rec, [rel for rel, _, _ in chosen], size)
+                shard_items += [(rid, k, data) for k, (_, _, data) in enumerate(chosen)]
+            n_split += compare_pairs
         _dump(os.path.join(out, "instruction", f"{split}.json"), instr)
         _dump(os.path.join(out, "llava", f"{split}.json"), llava)
         _dump(os.path.join(out, "instruction", f"captions_{split}.json"), align)
@@ -333,7 +374,7 @@ def meta_of(args) -> dict:
     return {"version": DATA_VERSION, "n": args.n, "seed": args.seed, "size": args.size, "shards": args.shards,
             "val_per_type": args.val_per_type, "test_per_type": args.test_per_type,
             "mix": json.loads(args.mix) if args.mix else QUESTION_MIX, "contrast": args.contrast,
-            "stage1_skip": args.stage1_skip}
+            "stage1_skip": args.stage1_skip, "compare_pairs": args.compare_pairs}
 
 
 def _dump(path: str, obj) -> None:
@@ -412,6 +453,8 @@ def main(argv=None) -> None:
                              "other positions / counts, one batch_group)")
     parser.add_argument("--stage1-skip", nargs="*", default=[], choices=QUESTION_TYPES,
                         help="question types whose train images are not stage-1 caption samples")
+    parser.add_argument("--compare-pairs", type=int, default=0,
+                        help="more train compare records, each pairing two centred-shape train images already drawn")
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep an existing data folder whose {META_FILE} matches these arguments")
     parser.add_argument("--preview", default=None, help="also write a PNG of a few samples here")
@@ -428,7 +471,7 @@ def main(argv=None) -> None:
     counts = generate(args.out, n=args.n, seed=args.seed, size=args.size, n_shards=args.shards,
                       val_per_type=args.val_per_type, test_per_type=args.test_per_type,
                       mix=json.loads(args.mix) if args.mix else None, contrast=tuple(args.contrast),
-                      stage1_skip=tuple(args.stage1_skip))
+                      stage1_skip=tuple(args.stage1_skip), compare_pairs=args.compare_pairs)
     _dump(meta_path, meta)
     if args.preview:
         write_preview(args.out, args.preview)
