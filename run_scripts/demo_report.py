@@ -15,6 +15,22 @@ MIN_PER_TYPE = 100  # held-out questions per type (fewer: the percentage moves b
 QUESTION_TYPES = ("colour", "shape", "count", "position", "compare", "describe")
 
 
+def compare_breakdown(results: list[dict], records: dict) -> dict:
+    """Compare questions split by what they ask (the same colour / shape), and the verdict alone: the
+    reference's last word ("yes" / "no", also of a reasoned answer "red and blue, so no.") against the
+    prediction's. Informative only: the target is on the whole answer."""
+    hits: dict[str, list[bool]] = {}
+    for r in results:
+        rec = records.get(r["instance_id"], {})
+        if rec.get("question_type") != "compare":
+            continue
+        asked = rec["turn_types"][-1].split("_", 1)[-1]
+        hits.setdefault(asked, []).append(bool(r["exact"]))
+        last = [str(x).strip().rstrip(".").split()[-1:] for x in (r["prediction"], r["reference"])]
+        hits.setdefault("verdict", []).append(last[0] == last[1])
+    return {k: 100.0 * sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--result-dir", required=True)
@@ -39,6 +55,9 @@ def main(argv=None) -> int:
     for qt, m in sorted(metrics["per_question_type"].items()):
         print(f"{qt:14s} {m['n']:5d} {m['exact_acc']:8.1f} {m['contains_acc']:10.1f}")
     print(f"{'all':14s} {metrics['n']:5d} {metrics['exact_acc']:8.1f} {metrics['contains_acc']:10.1f}")
+    breakdown = compare_breakdown(results, records)
+    if breakdown:
+        print("compare, exact % by the question asked: " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
 
     print("\n=== examples ===")
     rng = random.Random(0)

@@ -97,9 +97,13 @@ def _expected(kind, params, size):
         return ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("top" if dy < 0 else "bottom")
     if kind == "describe":
         return s0["colour"] + " " + s0["shape"]  # contained in the description
-    if kind.startswith("compare_"):
+    if kind.startswith("compare_"):  # "reasoned": both values in the fixed order, then the verdict
         key = kind.split("_")[1]
-        return "yes" if params[0]["shapes"][0][key] == params[1]["shapes"][0][key] else "no"
+        a, b = params[0]["shapes"][0][key], params[1]["shapes"][0][key]
+        order = ("red", "green", "blue", "yellow") if key == "colour" else ("circle", "square", "triangle")
+        a, b = sorted((a, b), key=order.index)
+        verdict = "yes" if a == b else "no"
+        return f"{a} and {b}, so {verdict}." if key == "colour" else f"a {a} and a {b}, so {verdict}."
     raise AssertionError(kind)
 
 
@@ -345,16 +349,14 @@ def test_compare_pairs_add_train_records_over_drawn_images_only(tmp_path, demo_d
     assert train[:len(before)] == before and len(train) == len(before) + 40
     extra = train[len(before):]
     assert [r["id"] for r in extra] == [f"train_{len(before) + j:06d}" for j in range(40)]
-    kinds = Counter((r["turn_types"][0], r["output"]) for r in extra)
+    kinds = Counter((r["turn_types"][0], r["output"].split(" so ")[-1][:-1]) for r in extra)
     assert set(kinds) == {(k, a) for k in ("compare_shape", "compare_colour") for a in ("yes", "no")}
     for r in extra:
         a, b = r["image"]
         assert a != b and r["question_type"] == "compare"
         assert os.path.isfile(base / "images" / a) and os.path.isfile(base / "images" / b)  # no new image
         assert all(p["layout"] == "centre" for p in r["params"])
-        key = r["turn_types"][0].split("_")[1]
-        same = r["params"][0]["shapes"][0][key] == r["params"][1]["shapes"][0][key]
-        assert r["output"] == ("yes" if same else "no")
+        assert r["output"] == _expected(r["turn_types"][0], r["params"], 32)
         for path, p in zip(r["image"], r["params"]):  # the params are those the image was drawn from
             drawn = np.asarray(Image.open(base / "images" / path).convert("RGB"))
             assert np.array_equal(drawn, np.asarray(demo.draw_image(p, 32)))
@@ -374,3 +376,21 @@ def test_compare_pairs_add_train_records_over_drawn_images_only(tmp_path, demo_d
     assert {r["id"] for r in extra} <= shard_ids
     with pytest.raises(ValueError, match="compare-pairs must be >= 0"):
         demo.generate(str(tmp_path / "bad"), n=N, compare_pairs=-1)
+
+
+def test_compare_answers_reasoned_or_short(tmp_path, demo_dir):
+    p = [{"shapes": [{"shape": "triangle", "colour": "blue"}]}, {"shapes": [{"shape": "circle", "colour": "blue"}]}]
+    assert demo.answer_of("compare_shape", p, 32) == "a circle and a triangle, so no."  # fixed order
+    assert demo.answer_of("compare_colour", p, 32) == "blue and blue, so yes."
+    assert demo.answer_of("compare_shape", p, 32, "short") == "no"
+    assert demo.answer_of("compare_colour", p, 32, "short") == "yes"
+    demo.generate(str(tmp_path / "s"), n=N, seed=0, compare_answer="short")
+    short, reasoned = (_load(d / "instruction" / "train.json") for d in (tmp_path / "s", demo_dir))
+    assert len(short) == len(reasoned)
+    for a, b in zip(short, reasoned):
+        if a["question_type"] == "compare":
+            assert b["output"].endswith(f", so {a['output']}.")
+        else:
+            assert a == b
+    with pytest.raises(ValueError, match="compare_answer must be one of"):
+        demo.generate(str(tmp_path / "bad"), n=N, compare_answer="long")

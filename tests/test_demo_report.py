@@ -111,3 +111,19 @@ def test_curves_need_training_records(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "split": "val", "step": 1, "x": 1}) + "\n")
     with pytest.raises(ValueError, match="no training records"):
         curves(str(tmp_path))
+
+
+def test_compare_breakdown_by_question_and_verdict():
+    records = {"a": {"question_type": "compare", "turn_types": ["compare_colour"]},
+               "b": {"question_type": "compare", "turn_types": ["compare_shape"]},
+               "c": {"question_type": "compare", "turn_types": ["compare_shape"]},
+               "d": {"question_type": "colour", "turn_types": ["colour"]}}
+    results = [  # a: right; b: wrong values, right verdict; c: wrong verdict; d: not a compare question
+        {"instance_id": "a", "prediction": "red and blue, so no.", "reference": "red and blue, so no.", "exact": True},
+        {"instance_id": "b", "prediction": "a circle and a square, so no.",
+         "reference": "a circle and a triangle, so no.", "exact": False},
+        {"instance_id": "c", "prediction": "yes", "reference": "no", "exact": False},
+        {"instance_id": "d", "prediction": "red", "reference": "blue", "exact": False}]
+    got = demo_report.compare_breakdown(results, records)
+    assert got == {"colour": 100.0, "shape": 0.0, "verdict": pytest.approx(200 / 3)}
+    assert demo_report.compare_breakdown(results[3:], records) == {}

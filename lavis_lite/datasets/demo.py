@@ -53,7 +53,7 @@ QUESTIONS = {
 SPLIT_FRACTIONS = {"val": 0.1, "test": 0.1}  # the rest is train
 # The question types a held-out split can be stratified over (multi-turn records count as their last turn).
 QUESTION_TYPES = ("colour", "shape", "count", "position", "compare", "describe")
-DATA_VERSION = 7  # bump when the files written change: --reuse then regenerates
+DATA_VERSION = 8  # bump when the files written change: --reuse then regenerates
 META_FILE = "meta.json"  # the generator's arguments: a data folder is reused only when they match
 TAG = "<ImageHere>"
 
@@ -159,7 +159,10 @@ def itc_id_of(params: dict, S: int) -> str:
     return caption_of(params, S, 0 if params.get("layout") == "centre" else 1)
 
 
-def answer_of(kind: str, params: list[dict], S: int) -> str:
+COMPARE_ANSWERS = ("reasoned", "short")
+
+
+def answer_of(kind: str, params: list[dict], S: int, compare_answer: str = "reasoned") -> str:
     first = params[0]["shapes"][0]
     if kind == "colour":
         return first["colour"]
@@ -173,7 +176,17 @@ def answer_of(kind: str, params: list[dict], S: int) -> str:
         return caption_of(params[0], S, 0)
     if kind in ("compare_shape", "compare_colour"):
         key = kind.split("_")[1]
-        return "yes" if params[0]["shapes"][0][key] == params[1]["shapes"][0][key] else "no"
+        a, b = params[0]["shapes"][0][key], params[1]["shapes"][0][key]
+        verdict = "yes" if a == b else "no"
+        if compare_answer == "short":
+            return verdict
+        # "reasoned": the two values seen, then the verdict: "red and blue, so no." The values come in a
+        # fixed order (COLOURS / SHAPES), not image order: the answer states what the two images hold,
+        # which the averaged image tokens carry, and the verdict follows from it (docs/demo_diagnosis.md
+        # section 7: held-out compare 62% with "yes"/"no" alone).
+        order = list(COLOURS) if key == "colour" else list(SHAPES)
+        a, b = sorted((a, b), key=order.index)
+        return f"{a} and {b}, so {verdict}." if key == "colour" else f"a {a} and a {b}, so {verdict}."
     raise ValueError(f"unknown question kind {kind!r}")
 
 
@@ -224,12 +237,13 @@ def extra_compare_records(rng: random.Random, centred: list, n: int) -> list[tup
     return out
 
 
-def _append_conversation(instr: list, llava: list, rid: str, rec: dict, rel_paths: list[str], size: int) -> list:
+def _append_conversation(instr: list, llava: list, rid: str, rec: dict, rel_paths: list[str], size: int,
+                         compare_answer: str) -> list:
     """Append ``rec`` (``make_record``'s form, its images at ``rel_paths``) to the instruction and LLaVA
     records; returns its answers."""
     tags = TAG * len(rel_paths)
     questions = [q for _, q in rec["turns"]]
-    answers = [answer_of(k, rec["params"], size) for k, _ in rec["turns"]]
+    answers = [answer_of(k, rec["params"], size, compare_answer) for k, _ in rec["turns"]]
     image_field = rel_paths[0] if len(rel_paths) == 1 else rel_paths
     extra = {"question_type": rec["question_type"], "params": rec["params"],
              "turn_types": [k for k, _ in rec["turns"]]}
@@ -265,7 +279,8 @@ def _kinds_of_split(rng, split: str, n_split: int, per_type: int | None) -> list
 
 def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4,
              val_per_type: int | None = None, test_per_type: int | None = None, mix: dict | None = None,
-             contrast: tuple[str, ...] = (), stage1_skip: tuple[str, ...] = (), compare_pairs: int = 0) -> dict:
+             contrast: tuple[str, ...] = (), stage1_skip: tuple[str, ...] = (), compare_pairs: int = 0,
+             compare_answer: str = "reasoned") -> dict:
     """Write the demo data set under ``out``; returns {split: number of instruction records}.
     ``val_per_type`` / ``test_per_type``: stratify that held-out split, that many records per question
     type (else it is ``SPLIT_FRACTIONS`` of ``n`` drawn from the mix); ``mix``: train kinds' shares;
@@ -274,9 +289,13 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
     ``stage1_skip``: question types whose train images stay out of the stage-1 captions (e.g. "compare":
     its images are centred shapes like most others; stage 1 then costs less); ``compare_pairs``: that many
     more train compare records, each pairing two centred-shape images the train split already drew
-    (``extra_compare_records``: no new image, so stage 1 and the frozen features do not change)."""
+    (``extra_compare_records``: no new image, so stage 1 and the frozen features do not change);
+    ``compare_answer``: "reasoned" (the two values, then the verdict: "red and blue, so no.") or "short"
+    ("no"), see ``answer_of``."""
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    if compare_answer not in COMPARE_ANSWERS:
+        raise ValueError(f"compare_answer must be one of {COMPARE_ANSWERS}, got {compare_answer!r}")
     if compare_pairs < 0:
         raise ValueError(f"--compare-pairs must be >= 0, got {compare_pairs}")
     mix = dict(mix or QUESTION_MIX)
@@ -342,7 +361,7 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                 gt_images.append({"id": image_id, "file_name": rel})
                 gt_anns += [{"image_id": image_id, "id": len(gt_anns) + j, "caption": c} for j, c in enumerate(caps)]
                 image_id += 1
-            answers = _append_conversation(instr, llava, rid, rec, rel_paths, size)
+            answers = _append_conversation(instr, llava, rid, rec, rel_paths, size, compare_answer)
             if len(rel_paths) == 1:
                 for (k, q), a in zip(rec["turns"], answers):
                     if k == "describe":  # VQA answers stay short
@@ -354,7 +373,7 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
             pairs = extra_compare_records(random.Random(seed + 104729), centred, compare_pairs)
             for j, (rec, chosen) in enumerate(pairs):
                 rid = f"{split}_{n_split + j:06d}"
-                _append_conversation(instr, llava, rid, rec, [rel for rel, _, _ in chosen], size)
+                _append_conversation(instr, llava, rid, rec, [rel for rel, _, _ in chosen], size, compare_answer)
                 shard_items += [(rid, k, data) for k, (_, _, data) in enumerate(chosen)]
             n_split += compare_pairs
         _dump(os.path.join(out, "instruction", f"{split}.json"), instr)
@@ -374,7 +393,8 @@ def meta_of(args) -> dict:
     return {"version": DATA_VERSION, "n": args.n, "seed": args.seed, "size": args.size, "shards": args.shards,
             "val_per_type": args.val_per_type, "test_per_type": args.test_per_type,
             "mix": json.loads(args.mix) if args.mix else QUESTION_MIX, "contrast": args.contrast,
-            "stage1_skip": args.stage1_skip, "compare_pairs": args.compare_pairs}
+            "stage1_skip": args.stage1_skip, "compare_pairs": args.compare_pairs,
+            "compare_answer": args.compare_answer}
 
 
 def _dump(path: str, obj) -> None:
@@ -455,6 +475,8 @@ def main(argv=None) -> None:
                         help="question types whose train images are not stage-1 caption samples")
     parser.add_argument("--compare-pairs", type=int, default=0,
                         help="more train compare records, each pairing two centred-shape train images already drawn")
+    parser.add_argument("--compare-answer", default="reasoned", choices=COMPARE_ANSWERS,
+                        help='compare answers: "reasoned" ("red and blue, so no.") or "short" ("no")')
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep an existing data folder whose {META_FILE} matches these arguments")
     parser.add_argument("--preview", default=None, help="also write a PNG of a few samples here")
@@ -471,7 +493,8 @@ def main(argv=None) -> None:
     counts = generate(args.out, n=args.n, seed=args.seed, size=args.size, n_shards=args.shards,
                       val_per_type=args.val_per_type, test_per_type=args.test_per_type,
                       mix=json.loads(args.mix) if args.mix else None, contrast=tuple(args.contrast),
-                      stage1_skip=tuple(args.stage1_skip), compare_pairs=args.compare_pairs)
+                      stage1_skip=tuple(args.stage1_skip), compare_pairs=args.compare_pairs,
+                      compare_answer=args.compare_answer)
     _dump(meta_path, meta)
     if args.preview:
         write_preview(args.out, args.preview)
