@@ -394,3 +394,28 @@ def test_compare_answers_reasoned_or_short(tmp_path, demo_dir):
             assert a == b
     with pytest.raises(ValueError, match="compare_answer must be one of"):
         demo.generate(str(tmp_path / "bad"), n=N, compare_answer="long")
+
+
+def test_centred_captions_one_keeps_one_wording_per_centred_image(tmp_path, demo_dir):
+    demo.generate(str(tmp_path / "o"), n=N, seed=0, contrast=("position",), centred_captions="one")
+    demo.generate(str(tmp_path / "b"), n=N, seed=0, contrast=("position",))
+    one, both = (_load(tmp_path / d / "caption" / "train.json") for d in ("o", "b"))
+    by_image = {}
+    for c in one:
+        by_image.setdefault(c["image"], []).append(c)
+    layouts = {}
+    for r in _load(tmp_path / "o" / "instruction" / "train.json"):
+        for path, p in zip(r["image"] if isinstance(r["image"], list) else [r["image"]], r["params"]):
+            layouts[path] = p["layout"]
+    wordings = Counter()
+    for img, caps in by_image.items():
+        centred = layouts.get(img) == "centre"
+        assert len(caps) == (1 if centred else 2), img  # contrast images and layouts keep both
+        if centred:
+            wordings["background" if " background." in caps[0]["caption"] else "picture"] += 1
+    assert wordings["background"] > 0 and wordings["picture"] > 0  # both wordings still taught
+    assert {(c["image"], c["caption"], c["image_id"]) for c in one} <= {(c["image"], c["caption"], c["image_id"]) for c in both}
+    for rel in ("instruction/train.json", "instruction/captions_train.json", "caption/val.json"):
+        assert _load(tmp_path / "o" / rel) == _load(tmp_path / "b" / rel), rel
+    with pytest.raises(ValueError, match="centred_captions must be"):
+        demo.generate(str(tmp_path / "bad"), n=N, centred_captions="none")

@@ -280,7 +280,7 @@ def _kinds_of_split(rng, split: str, n_split: int, per_type: int | None) -> list
 def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: int = 4,
              val_per_type: int | None = None, test_per_type: int | None = None, mix: dict | None = None,
              contrast: tuple[str, ...] = (), stage1_skip: tuple[str, ...] = (), compare_pairs: int = 0,
-             compare_answer: str = "reasoned") -> dict:
+             compare_answer: str = "reasoned", centred_captions: str = "both") -> dict:
     """Write the demo data set under ``out``; returns {split: number of instruction records}.
     ``val_per_type`` / ``test_per_type``: stratify that held-out split, that many records per question
     type (else it is ``SPLIT_FRACTIONS`` of ``n`` drawn from the mix); ``mix``: train kinds' shares;
@@ -291,11 +291,14 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
     more train compare records, each pairing two centred-shape images the train split already drew
     (``extra_compare_records``: no new image, so stage 1 and the frozen features do not change);
     ``compare_answer``: "reasoned" (the two values, then the verdict: "red and blue, so no.") or "short"
-    ("no"), see ``answer_of``."""
+    ("no"), see ``answer_of``; ``centred_captions``: the stage-1 captions of a centred-shape train image,
+    "both" wordings or "one" (alternating by image; fewer stage-1 samples per epoch)."""
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
     if compare_answer not in COMPARE_ANSWERS:
         raise ValueError(f"compare_answer must be one of {COMPARE_ANSWERS}, got {compare_answer!r}")
+    if centred_captions not in ("both", "one"):
+        raise ValueError(f"centred_captions must be 'both' or 'one', got {centred_captions!r}")
     if compare_pairs < 0:
         raise ValueError(f"--compare-pairs must be >= 0, got {compare_pairs}")
     mix = dict(mix or QUESTION_MIX)
@@ -352,8 +355,11 @@ def generate(out: str, n: int = 4000, seed: int = 0, size: int = 32, n_shards: i
                         cap_train += [{"image": crel, "caption": caption_of(other, size, v),
                                        "image_id": itc_id_of(other, size), **group} for v in (0, 1)]
                 if split != "train" or rec["question_type"] not in stage1_skip:
+                    # centred_captions "one": a centred shape gets one wording (alternating by image), the
+                    # position / count layouts (and their contrast sets) keep both: stage 1 costs less
+                    one = centred_captions == "one" and params.get("layout") == "centre"
                     cap_train += [{"image": rel, "caption": c, "image_id": itc_id_of(params, size), **group}
-                                  for c in caps]
+                                  for c in ([caps[image_id % 2]] if one else caps)]
                 cap_eval.append({"image": rel, "caption": caps, "image_id": image_id})
                 # MiniGPT-4's first stage: the image alone, then its caption (both wordings, alternately)
                 align.append({"id": f"{rid}{suffix}", "image": rel, "instruction": TAG,
@@ -394,7 +400,7 @@ def meta_of(args) -> dict:
             "val_per_type": args.val_per_type, "test_per_type": args.test_per_type,
             "mix": json.loads(args.mix) if args.mix else QUESTION_MIX, "contrast": args.contrast,
             "stage1_skip": args.stage1_skip, "compare_pairs": args.compare_pairs,
-            "compare_answer": args.compare_answer}
+            "compare_answer": args.compare_answer, "centred_captions": args.centred_captions}
 
 
 def _dump(path: str, obj) -> None:
@@ -477,6 +483,8 @@ def main(argv=None) -> None:
                         help="more train compare records, each pairing two centred-shape train images already drawn")
     parser.add_argument("--compare-answer", default="reasoned", choices=COMPARE_ANSWERS,
                         help='compare answers: "reasoned" ("red and blue, so no.") or "short" ("no")')
+    parser.add_argument("--centred-captions", default="both", choices=("both", "one"),
+                        help="stage-1 captions per centred-shape train image: both wordings or one (alternating)")
     parser.add_argument("--reuse", action="store_true",
                         help=f"keep an existing data folder whose {META_FILE} matches these arguments")
     parser.add_argument("--preview", default=None, help="also write a PNG of a few samples here")
@@ -494,7 +502,7 @@ def main(argv=None) -> None:
                       val_per_type=args.val_per_type, test_per_type=args.test_per_type,
                       mix=json.loads(args.mix) if args.mix else None, contrast=tuple(args.contrast),
                       stage1_skip=tuple(args.stage1_skip), compare_pairs=args.compare_pairs,
-                      compare_answer=args.compare_answer)
+                      compare_answer=args.compare_answer, centred_captions=args.centred_captions)
     _dump(meta_path, meta)
     if args.preview:
         write_preview(args.out, args.preview)
