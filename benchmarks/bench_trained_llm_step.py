@@ -4,7 +4,8 @@ prefix (``model.share_prefix``) and the oneDNN Linear layers (``model.cpu_onednn
 Builds the job exactly as train.py does (model, datasets, feature cache), takes the first ``--steps``
 training batches and times ``loss.backward()`` of each variant on the same model and the same batches,
 variants interleaved, ``--repeats`` rounds, CPU time of this process (``time.process_time``); prints
-medians per step and each variant's loss and gradient difference from the first variant.
+medians per step and, over every batch, each variant's largest loss and (per-tensor relative) gradient
+difference from the first variant.
 
     OMP_NUM_THREADS=1 LAVIS_LITE_CACHE_ROOT=... python benchmarks/bench_trained_llm_step.py \\
         --cfg-path projects/minigpt4qwen/demo.yaml --options model.q_former_model=.../checkpoint_best
@@ -59,17 +60,19 @@ def main(argv=None):
     tokens = [int(b["attention_mask"].numel()) for b in batches]
     names = args.variants.split(",")
     times = {n: [] for n in names}
-    ref_loss, ref_grads, report = None, None, {}
-    for n in names:  # warm-up (oneDNN builds a kernel per shape) and the equality check
+    ref, report = None, {}
+    for n in names:  # warm-up (oneDNN builds a kernel per shape) and the equality check on every batch
         _set(model, *VARIANTS[n])
-        losses = [_step(model, b) for b in batches]
-        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-        if ref_loss is None:
-            ref_loss, ref_grads = losses, grads
-        loss_diff = max(abs(a.item() - b.item()) for a, b in zip(losses, ref_loss))
+        results = []
+        for b in batches:
+            loss = _step(model, b)
+            results.append((loss, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+        ref = ref or results
+        loss_diff = max(abs(loss.item() - r_loss.item()) for (loss, _), (r_loss, _) in zip(results, ref))
         grad_diff = max(((grads[k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item()
-                        for k, g in ref_grads.items())
-        report[n] = (loss_diff, grad_diff, set(grads) == set(ref_grads))
+                        for (_, grads), (_, r_grads) in zip(results, ref) for k, g in r_grads.items())
+        same = all(set(grads) == set(r_grads) for (_, grads), (_, r_grads) in zip(results, ref))
+        report[n] = (loss_diff, grad_diff, same)
     for _ in range(args.repeats):
         for n in names:
             _set(model, *VARIANTS[n])
