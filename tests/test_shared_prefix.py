@@ -1,5 +1,6 @@
-"""Shared-prefix forward (models/shared_prefix.py): same loss and gradients as the plain forward,
-used only where it is valid (frozen LLM, no packing, no LLM gradient checkpointing, rows start alike)."""
+"""Shared-prefix forward (models/shared_prefix.py), frozen LLM: same loss and gradients as the plain forward,
+used only where it is valid (no packing, no LLM gradient checkpointing, no active dropout, rows start alike).
+Trained LLMs (full, LoRA): tests/test_shared_prefix_trained.py."""
 import pytest
 import torch
 
@@ -64,23 +65,25 @@ def test_shared_prefix_gives_the_same_loss_and_grads(monkeypatch, pad_to_max):
     torch.testing.assert_close(g_shared, g_plain, atol=1e-6, rtol=1e-4)
 
 
-def test_not_used_when_the_llm_trains_packs_or_recomputes(monkeypatch):
+def test_not_used_when_it_would_change_the_result(monkeypatch):
+    """Packing, LLM checkpointing and active dropout turn it off; a trained LLM (LoRA, full) keeps it
+    (tests/test_shared_prefix_trained.py checks those gradients)."""
     calls = _spy(monkeypatch)
     samples = _samples()
-    lora = _model(get_lora=True, lora_r=4)        # LoRA weights train: the prefix needs gradients
-    lora(samples)["loss"].backward()
     packed = _model(packing=True)                 # rows hold several conversations
     packed(samples)
     ckpt = _model(llm_grad_checkpoint=True)       # transformers drops the KV cache under checkpointing
     ckpt(samples)
-    full = _model(freeze_llm=False)
-    full(samples)
+    dropout = _model(get_lora=True, lora_r=4, lora_dropout=0.1)  # per-row dropout masks over the prefix
+    dropout(samples)["loss"].backward()
     assert calls == []
     off = _model(share_prefix=False)
     off(samples)
     assert calls == []
-    _model()(samples)                              # and the default does use it
-    assert len(calls) == 1
+    _model()(samples)                              # and the default does use it: frozen,
+    _model(get_lora=True, lora_r=4)(samples)       # LoRA without dropout,
+    _model(freeze_llm=False)(samples)              # full finetuning
+    assert len(calls) == 3
 
 
 def test_prefix_length_rules():
@@ -119,8 +122,12 @@ def test_forward_with_shared_prefix_matches_plain_hidden_states():
     torch.testing.assert_close(shared[real], plain[:, 5:][real], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="prefix_len"):
         sp.forward_with_shared_prefix(decoder, embeds, mask, 12)
-    llm.lm_head.weight.requires_grad_(True)
-    assert not sp.can_share_prefix(llm, decoder)
+    llm.train()  # training mode is fine without dropout, not with it
+    assert sp.can_share_prefix(llm, decoder)
+    llm.config.attention_dropout = 0.1
+    assert sp.share_prefix_refusal(llm, decoder) == "dropout is active in the LLM"
+    llm.eval()
+    assert sp.can_share_prefix(llm, decoder)
 
 
 def _random_batch(rng: "random.Random"):

@@ -146,8 +146,13 @@ def build_llm(llm_model: str | None, llm_config, tokenizer, family: str, dtype: 
 
 
 def is_grad_checkpointing(model) -> bool:
-    flag = getattr(type(model), "is_activation_checkpointing", None)
-    return bool(model.is_activation_checkpointing if flag is not None else model.is_gradient_checkpointing)
+    # transformers 5 renamed the flag (the old name warns); a peft wrapper forwards either by __getattr__.
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        try:
+            return bool(getattr(model, name))
+        except AttributeError:
+            continue
+    return False
 
 
 def default_lora_targets(family: str, include_mlp: bool = False) -> list[str]:

@@ -1,18 +1,28 @@
-"""Shared-prefix forward for a frozen LLM.
+"""Shared-prefix forward: the tokens every row of a batch starts with run once, for one row.
 
 Every ChatML training sample starts with the same tokens: the system block and the first user
 header (``<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n``, ~20
-tokens), before its first image. When no LLM weight trains (MiniGPT4-Qwen's recipe: only ``llm_proj``),
-those positions' keys and values are the same for every sample and need no gradient. So they are
-computed once per batch, for one row, without autograd, and the batch runs only the rest of each
-sequence on top of them as a KV cache, with position ids continuing from the prefix. Same loss and
-gradients up to float rounding (tests/test_shared_prefix.py), ~15% fewer LLM positions at ~130 tokens
-per sample.
+tokens), before its first image. Those positions' keys and values are the same for every row (causal
+attention: a position sees only what comes before it). So they are computed once per batch, for row 0,
+and the batch runs only the rest of each sequence on top of them as a KV cache (expanded over the
+rows, no copy), with position ids continuing from the prefix.
 
-Not used (the caller checks :func:`can_share_prefix`) when a weight of the LLM trains (LoRA, full
-finetuning: the prefix then needs gradients), with LLM gradient checkpointing (transformers turns the
-KV cache off there), with packing (rows hold several conversations), or when the batch's rows do not
-start alike.
+* Frozen LLM (MiniGPT4-Qwen's recipe: only ``llm_proj`` trains): the prefix needs no gradient and
+  runs without autograd.
+* LLM that trains (full finetuning, LoRA): the prefix runs with autograd. Its keys and values reach
+  every row through ``expand``, whose backward sums the rows' gradients, so every parameter gets the
+  gradient of the unshared forward: the prefix's outputs are never scored (the prefix ends before the
+  first supervised target), they act only through those keys and values.
+
+Same loss and gradients up to float rounding (tests/test_shared_prefix.py, frozen;
+tests/test_shared_prefix_trained.py, full and LoRA). ~15% fewer LLM positions at ~130 tokens per
+sample, ~30% in the CPU demo (~68).
+
+Not used (the caller checks :func:`can_share_prefix`) with LLM gradient checkpointing (transformers
+turns the KV cache off there), while dropout is active in the LLM (training mode and a dropout
+probability > 0, LoRA's included: each row would draw its own mask over the prefix, the shared
+prefix one mask for all), with packing (rows hold several conversations), for remote-code models
+(their own past-key-value layout), or when the batch's rows do not start alike.
 """
 from __future__ import annotations
 
@@ -59,26 +69,52 @@ def grad_checkpointing_on(llm: nn.Module, decoder: nn.Module | None) -> bool:
     return is_grad_checkpointing(llm) or bool(getattr(decoder, "gradient_checkpointing", False))
 
 
-def can_share_prefix(llm: nn.Module, decoder: nn.Module | None) -> bool:
-    """The LLM qualifies: frozen, no gradient checkpointing, a separate decoder returning a KV cache."""
+# Config fields transformers' decoders read as functional dropout probabilities (not nn.Dropout modules).
+_DROPOUT_CONFIG_KEYS = ("attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "dropout")
+
+
+def dropout_active(decoder: nn.Module) -> bool:
+    """True when a forward of ``decoder`` would draw a random mask: an ``nn.Dropout`` (LoRA's included)
+    in training mode with p > 0, or, in training mode, a dropout probability > 0 in its config."""
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0 for m in decoder.modules()):
+        return True
+    cfg = getattr(decoder, "config", None)
+    return decoder.training and any(float(getattr(cfg, key, 0.0) or 0.0) > 0 for key in _DROPOUT_CONFIG_KEYS)
+
+
+def share_prefix_refusal(llm: nn.Module, decoder: nn.Module | None) -> str | None:
+    """Why the prefix cannot be shared for this LLM now (None: it can)."""
     if decoder is None or decoder is llm:
-        return False
+        return "no separate decoder (get_decoder)"
     if not type(decoder).__module__.startswith("transformers.models."):
-        return False  # remote code (Qwen-1) keeps its own past-key-value layout
-    return llm_is_frozen(llm) and not grad_checkpointing_on(llm, decoder)
+        return "not a transformers model"  # remote code (Qwen-1) keeps its own past-key-value layout
+    if grad_checkpointing_on(llm, decoder):
+        return "LLM gradient checkpointing is on"
+    if dropout_active(decoder):
+        return "dropout is active in the LLM"
+    return None
+
+
+def can_share_prefix(llm: nn.Module, decoder: nn.Module | None) -> bool:
+    """The LLM qualifies: a separate transformers decoder returning a KV cache, no gradient
+    checkpointing, no active dropout. Frozen or trained (see the module docstring)."""
+    return share_prefix_refusal(llm, decoder) is None
 
 
 def forward_with_shared_prefix(decoder: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                                prefix_len: int) -> torch.Tensor:
     """Last hidden states of positions ``prefix_len:`` of every row (rows start with the same
-    ``prefix_len`` embeddings): the prefix runs once, for row 0, without autograd."""
+    ``prefix_len`` embeddings): the prefix runs once, for row 0; with autograd only when a decoder
+    weight trains (the expanded keys and values then carry every row's gradient back to it)."""
     from transformers import DynamicCache
 
     batch, length = inputs_embeds.shape[:2]
     if not 0 < prefix_len < length:
         raise ValueError(f"prefix_len must be in [1, {length - 1}], got {prefix_len}")
-    with torch.no_grad():
-        out = decoder(inputs_embeds=inputs_embeds[:1, :prefix_len].detach(), use_cache=True)
+    trains = torch.is_grad_enabled() and any(p.requires_grad for p in decoder.parameters())
+    prefix = inputs_embeds[:1, :prefix_len]
+    with torch.set_grad_enabled(trains):
+        out = decoder(inputs_embeds=prefix if trains else prefix.detach(), use_cache=True)
     past = out.cache if "cache" in out else out.past_key_values
     layers = getattr(past, "layers", None)
     if layers is None:

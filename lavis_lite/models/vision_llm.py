@@ -68,7 +68,7 @@ class VisionLLMBase(Blip2Base):
         # Batch layout for the LLM (models/packing.py): several conversations per row, or the
         # published recipe's padding to max_txt_len (benchmarks); default pads to the longest sample.
         self.packing, self.pad_to_max_txt_len = bool(packing), bool(pad_to_max_txt_len)
-        # Frozen LLM: run the tokens all rows start with once per batch (models/shared_prefix.py).
+        # Run the tokens all rows start with once per batch, frozen or trained LLM (models/shared_prefix.py).
         self.share_prefix = bool(share_prefix)
         # Frozen LLM: a training forward that skips what the loss cannot see (models/frozen_llm.py).
         self.frozen_llm = FrozenLLMOptions.from_config(frozen_llm)
@@ -111,7 +111,7 @@ class VisionLLMBase(Blip2Base):
         if get_lora:
             self.llm_model = llm_utils.apply_lora(self.llm_model, llm_family, lora_r, lora_alpha, lora_dropout,
                                                   lora_target_modules, lora_include_mlp)
-        if cpu_onednn_linear:  # frozen CPU fp32 Linear layers through oneDNN (models/onednn_linear.py)
+        if cpu_onednn_linear:  # CPU fp32 Linear layers (frozen or trained) through oneDNN (models/onednn_linear.py)
             from lavis_lite.models.onednn_linear import use_onednn_linear
             use_onednn_linear(self, True)
         logger.info("%s: %s", type(self).__name__, self.show_n_params())
