@@ -31,10 +31,11 @@ stage() {  # stage NAME COMMAND...: run, time, fail loudly
 # Held-out splits stratified by question type: 120 test questions of each of the six types (a type's
 # accuracy then moves < 1 point per answer), 40 of each in val for the validation curves. --reuse keeps
 # a data folder written with exactly these arguments (its meta.json), so a second run skips this stage.
-# --contrast position: each position train image also gets its contrast set in the stage-1 captions (the same
-# shape at the other three positions, one batch_group that demo_stage1.yaml keeps in one batch).
+# --contrast position count: each position / count train image also gets its contrast set in the stage-1
+# captions (the same shape at the other positions / counts, one batch_group that demo_stage1.yaml keeps in one
+# batch). --compare-pairs 1280: more stage-2 compare questions over images already drawn (docs/demo_diagnosis.md 7).
 stage data "$PY" -m lavis_lite.datasets.demo --out "$DATA" --val-per-type 40 --test-per-type 120 \
-  --contrast position --reuse
+  --contrast position count --compare-pairs 1280 --reuse
 rm -rf "$OUT/eval"
 OPTS=(run.output_dir="$OUT" run.progress_bar=False)
 # The demo YAMLs fix their job ids: --overwrite moves an earlier demo run aside (<job>.replaced-<time>).

@@ -41,7 +41,7 @@ def _run_reduced_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("LAVIS_LITE_CACHE_ROOT", str(tmp_path / "cache"))
     data = str(tmp_path / "cache" / "demo")
     demo_data.main(["--out", data, "--n", "1000", "--seed", "1", "--val-per-type", "5", "--test-per-type", "10",
-                    "--contrast", "position"])  # as run_scripts/demo.sh
+                    "--contrast", "position", "count", "--compare-pairs", "320"])  # as run_scripts/demo.sh, scaled
     out = str(tmp_path / "out")
     common = [f"run.output_dir={out}", "run.progress_bar=False"]
     train_script.main(["--cfg-path", "projects/minigpt4qwen/demo_stage1.yaml", "--options", *common,
