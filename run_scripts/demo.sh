@@ -34,7 +34,8 @@ stage() {  # stage NAME COMMAND...: run, time, fail loudly
 # --contrast position count: each position / count train image also gets its contrast set in the stage-1
 # captions (the same shape at the other positions / counts, one batch_group that demo_stage1.yaml keeps in one
 # batch). --compare-pairs 1280: more stage-2 compare questions over images already drawn (docs/demo_diagnosis.md 7).
-stage data "$PY" -m lavis_lite.datasets.demo --out "$DATA" --val-per-type 40 --test-per-type 120 \
+# (run as a file, not -m: the generator needs only Pillow, and the package import costs ~2.5 s of torch)
+stage data "$PY" lavis_lite/datasets/demo.py --out "$DATA" --val-per-type 40 --test-per-type 120 \
   --contrast position count --compare-pairs 1280 --reuse
 rm -rf "$OUT/eval"
 OPTS=(run.output_dir="$OUT" run.progress_bar=False)
@@ -46,15 +47,16 @@ stage align "$PY" train.py --cfg-path projects/minigpt4qwen/demo_align.yaml --ov
 # The last epoch's weights go on (end of the cosine schedule): val token accuracy is mostly caption tokens and
 # ties across epochs (stage 2: 92.08% at epochs 2 and 4), so checkpoint_best picked a worse epoch 2
 # (held-out compare 55%, shape 91.7% against 72.5% / 99.2% with the last epoch).
+# model.checkpoint takes the runner's checkpoint folder itself (DeepSpeed states consolidated on load): no
+# export step between stages. One file of the trained weights, for other tools:
+#   python -m lavis_lite.tools.export_checkpoint output/demo/stage2/checkpoint_<last> stage2.safetensors
 last() { ls -d "$1"/checkpoint_[0-9]* | sort | tail -n 1; }
-"$PY" -m lavis_lite.tools.export_checkpoint "$(last "$OUT/align")" "$OUT/align/align_trainable.safetensors"
 stage stage2 "$PY" train.py --cfg-path projects/minigpt4qwen/demo.yaml --overwrite \
   --options "${OPTS[@]}" model.q_former_model="$OUT/stage1/checkpoint_best" \
-  model.checkpoint="$OUT/align/align_trainable.safetensors" "$@"
-"$PY" -m lavis_lite.tools.export_checkpoint "$(last "$OUT/stage2")" "$OUT/stage2/stage2_trainable.safetensors"
+  model.checkpoint="$(last "$OUT/align")" "$@"
 stage eval "$PY" evaluate.py --cfg-path projects/minigpt4qwen/eval_demo_instruction.yaml --job-id eval \
   --options run.output_dir="$OUT" model.q_former_model="$OUT/stage1/checkpoint_best" \
-  model.checkpoint="$OUT/stage2/stage2_trainable.safetensors" > "$OUT/eval_metrics.log"
+  model.checkpoint="$(last "$OUT/stage2")" > "$OUT/eval_metrics.log"
 
 TIMES=""
 for name in data stage1 align stage2 eval; do TIMES="$TIMES $name=${SECONDS_OF[$name]:-0}"; done

@@ -288,3 +288,29 @@ def test_load_pretrained_released_style_file(tmp_path):
         Blip2Qformer.from_pretrained("tiny", load_pretrained=True)
     with pytest.raises(KeyError, match="Unknown model config key"):
         Blip2Qformer.from_config({"model_type": "tiny", "vit_size": {}})
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_tokenize_memo_equals_the_tokenizer(padding):
+    """Blip2Qformer.tokenize encodes each distinct text once (TextIdsMemo) and gives exactly what the
+    tokenizer gives for the batch: ids, token types and mask, truncation and padding included."""
+    from lavis_lite.models.bert_tokenizer import TextIdsMemo
+
+    model = Blip2Qformer.from_pretrained("tiny")
+    texts = ["a red circle on a white background.", "A PICTURE of two blue squares!", "",
+             " ".join(["word"] * 80), "a red circle on a white background."]
+    want = model.tokenizer(texts, padding=padding, truncation=True, max_length=model.max_txt_len,
+                           return_tensors="pt")
+    for _ in range(2):  # the second call reads the memo
+        got = model.tokenize(texts, padding=padding)
+        assert set(got.keys()) == set(want.keys())
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+    assert len(model._text_ids.ids) == 4  # distinct texts, each once
+    memo = TextIdsMemo(model.tokenizer, 8, max_entries=1)
+    assert torch.equal(memo.encode(["a b c", "d e"])["input_ids"],
+                       model.tokenizer(["a b c", "d e"], padding="longest", truncation=True, max_length=8,
+                                       return_tensors="pt")["input_ids"])
+    assert len(memo.ids) == 1  # bounded
+    with pytest.raises(ValueError, match="padding must be"):
+        memo.encode(["a"], padding="do_not_pad")

@@ -149,3 +149,35 @@ def test_retrieval_through_evaluate_py(stage1):
     assert_recall_structure(metrics, n_images=n_images, n_texts=n_texts)
     # Far above chance (~10 of ~100 test images at recall@10) even though identical captions tie.
     assert metrics["img_r10"] > 30.0 and metrics["txt_r10"] > 30.0
+
+
+def test_model_checkpoint_key_takes_a_runner_checkpoint_or_job_folder(tmp_path):
+    """model.checkpoint: a runner's checkpoint folder (or its job folder: best, else latest) loads as its
+    exported file would, so the next stage of a pipeline needs no export step; anything else is an error."""
+    from omegaconf import OmegaConf
+
+    from lavis_lite.common import checkpoint as ckpt
+    from lavis_lite.models.minigpt4qwen import Minigpt4Qwen
+
+    cfg = OmegaConf.load(Minigpt4Qwen.default_config_path("tiny")).model
+    torch.manual_seed(0)
+    trained = Minigpt4Qwen.from_config(OmegaConf.merge(cfg, {"freeze_llm": False}))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.25)
+    state = ckpt.trainable_state(trained)
+    job = tmp_path / "job"
+    final = str(job / ckpt.step_dir_name(10))
+    tmp = ckpt.begin_save(final)
+    ckpt.save_tensors(state, os.path.join(tmp, ckpt.WEIGHTS_NAME))
+    ckpt.finish_save(tmp, final)
+    for where in (final, str(job)):
+        torch.manual_seed(1)  # another random init: the loaded weights must replace it
+        model = Minigpt4Qwen.from_config(OmegaConf.merge(cfg, {"freeze_llm": False, "checkpoint": where}))
+        got = dict(model.named_parameters())
+        assert set(state) == {n for n, p in model.named_parameters() if p.requires_grad}
+        for name, tensor in state.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, msg=name)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="neither a complete checkpoint directory nor a job directory"):
+        Minigpt4Qwen.from_config(OmegaConf.merge(cfg, {"checkpoint": str(tmp_path / "empty")}))

@@ -49,3 +49,41 @@ def init_bert_tokenizer(vocab: str | None = "tiny", truncation_side: str = "righ
         raise ValueError(f"BERT vocab {path!r} must start with [PAD] (id 0) as bert-base-uncased does")
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     return tokenizer
+
+
+class TextIdsMemo:
+    """Batch BERT encoding with each distinct text tokenised once (``encode``): caption data sets repeat
+    their texts every epoch (the CPU demo's stage 1: ~100 distinct captions, 0.66 ms of tokenizer per batch
+    of 32). Same ``input_ids`` / ``token_type_ids`` / ``attention_mask`` as ``tokenizer(texts, padding=...,
+    truncation=True, max_length=...)`` (tests/test_blip2_qformer.py); at most ``max_entries`` texts are kept."""
+
+    def __init__(self, tokenizer, max_length: int, max_entries: int = 200_000):
+        self.tokenizer, self.max_length, self.max_entries = tokenizer, int(max_length), int(max_entries)
+        self.ids: dict[str, list[int]] = {}
+
+    def _ids(self, text: str) -> list[int]:
+        ids = self.ids.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+            if len(self.ids) < self.max_entries:
+                self.ids[text] = ids
+        return ids
+
+    def encode(self, texts: list[str], padding: str = "longest"):
+        import torch
+        from transformers import BatchEncoding
+
+        if padding not in ("longest", "max_length"):
+            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        rows = [self._ids(t) for t in texts]
+        width = self.max_length if padding == "max_length" else max((len(r) for r in rows), default=0)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for i, r in enumerate(rows):
+            cols = slice(width - len(r), width) if left else slice(0, len(r))
+            input_ids[i, cols] = torch.tensor(r, dtype=torch.long)
+            mask[i, cols] = 1
+        return BatchEncoding({"input_ids": input_ids, "token_type_ids": torch.zeros_like(input_ids),
+                              "attention_mask": mask})

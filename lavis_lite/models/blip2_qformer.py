@@ -27,7 +27,7 @@ from lavis_lite.common.registry import registry
 from lavis_lite.models import blip2_losses as L
 from lavis_lite.models.attention import set_attn_implementation
 from lavis_lite.models.base_model import load_state_dict_file
-from lavis_lite.models.bert_tokenizer import init_bert_tokenizer
+from lavis_lite.models.bert_tokenizer import TextIdsMemo, init_bert_tokenizer
 from lavis_lite.models.blip2 import Blip2Base
 
 logger = logging.getLogger(__name__)
@@ -170,8 +170,10 @@ class Blip2Qformer(Blip2Base):
     def tokenize(self, texts, padding="longest"):
         if isinstance(texts, str):
             texts = [texts]
-        return self.tokenizer(list(texts), padding=padding, truncation=True, max_length=self.max_txt_len,
-                              return_tensors="pt").to(self.device)
+        memo = self.__dict__.get("_text_ids")
+        if memo is None or memo.tokenizer is not self.tokenizer or memo.max_length != self.max_txt_len:
+            memo = self._text_ids = TextIdsMemo(self.tokenizer, self.max_txt_len)  # each text tokenised once
+        return memo.encode(list(texts), padding).to(self.device)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.Qformer.bert(input_ids, attention_mask=attention_mask).last_hidden_state
