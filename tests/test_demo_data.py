@@ -419,3 +419,19 @@ def test_centred_captions_one_keeps_one_wording_per_centred_image(tmp_path, demo
         assert _load(tmp_path / "o" / rel) == _load(tmp_path / "b" / rel), rel
     with pytest.raises(ValueError, match="centred_captions must be"):
         demo.generate(str(tmp_path / "bad"), n=N, centred_captions="none")
+
+
+def test_generator_runs_as_a_file_without_the_package(tmp_path):
+    """run_scripts/demo.sh runs the generator as a file: it must need no lavis_lite import (nor torch)."""
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lavis_lite", "datasets",
+                          "demo.py")
+    probe = ("import runpy, sys; sys.argv = ['demo.py', '--out', sys.argv[1], '--n', '40', '--shards', '1']; "
+             "runpy.run_path(" + repr(script) + ", run_name='__main__'); "
+             "assert 'torch' not in sys.modules and 'lavis_lite' not in sys.modules, sorted(m for m in sys.modules "
+             "if m.startswith(('torch', 'lavis_lite')))[:5]")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "d")], capture_output=True, text=True,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.path.isfile(tmp_path / "d" / "instruction" / "train.json")

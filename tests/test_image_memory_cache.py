@@ -69,7 +69,7 @@ def test_each_image_is_decoded_once_and_tensors_equal_the_uncached(captions, mon
 def test_full_cache_still_reads_every_image_and_counts_refusals(captions, caplog):
     processor = BlipImageEvalProcessor(image_size=16)
     ds = _dataset(captions, processor)
-    ds.memory_cache = ProcessedImageCache(max_bytes=2 * 3 * 16 * 16 * 4, name="caption/train")
+    ds.memory_cache = ProcessedImageCache(max_bytes=2 * 3 * 16 * 16 * 4, name="caption/train", processor=processor)
     expected = [_dataset(captions, processor)[i]["image"] for i in range(4)]
     with caplog.at_level("WARNING"):
         for _ in range(2):
@@ -98,3 +98,15 @@ def test_a_pickled_dataset_starts_with_an_empty_cache(captions):
     assert again.memory_cache.stats()["images"] == 0 and again.memory_cache.max_bytes == 2 ** 30
     torch.testing.assert_close(again[0]["image"], ds[0]["image"], rtol=0, atol=0)
     assert again.memory_cache.stats()["images"] == 1
+
+
+def test_a_copy_with_another_processor_reads_around_the_cache(captions):
+    from lavis_lite.common.feature_cache import copy_with_processor
+
+    ds = _dataset(captions, BlipImageEvalProcessor(image_size=16))
+    attach_memory_caches({"image_memory_cache": True}, {"caption": {"train": ds}})
+    ds[0]
+    other = copy_with_processor(ds, BlipImageEvalProcessor(image_size=8))  # shares the cache object
+    assert other.memory_cache is ds.memory_cache
+    assert other[0]["image"].shape == (3, 8, 8)  # its own transform, not the cached 16-px tensor
+    assert ds.memory_cache.stats()["images"] == 1 and ds[0]["image"].shape == (3, 16, 16)

@@ -1,10 +1,14 @@
 """Bundled demo data: small images of coloured shapes with exact questions, answers and captions.
 
     python -m lavis_lite.datasets.demo --out DIR [--n 4000 --seed 0 --size 32 --shards 4]
+        [--contrast position count] [--compare-pairs N] [--compare-answer reasoned|short] ...
+    python lavis_lite/datasets/demo.py ...   (the same; as a file it skips the package import: it needs
+                                              only Pillow and the standard library, and must stay so)
 
 Writes (layout of docs/contracts.md):
     DIR/images/<split>/*.png
-    DIR/instruction/<split>.json     MiniGPT4-Qwen format + "question_type" + drawn "params"
+    DIR/instruction/<split>.json     MiniGPT4-Qwen format + "question_type" + drawn "params" (train: with
+                                     --compare-pairs, more compare records over images already drawn)
     DIR/instruction/captions_<split>.json  image -> caption, every drawn image (the alignment stage)
     DIR/llava/<split>.json           the same records as LLaVA conversations
     DIR/caption/<split>.json         Karpathy format (train: one record per caption, image_id = the content

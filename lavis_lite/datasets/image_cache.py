@@ -56,10 +56,12 @@ def memory_cache_settings(run_cfg) -> MemoryCacheSettings | None:
 
 
 class ProcessedImageCache:
-    """Path -> processed image tensor of one process, at most ``max_bytes`` of tensor storage."""
+    """Path -> processed image tensor of one process, at most ``max_bytes`` of tensor storage.
+    ``processor``: the image processor the tensors come from; a dataset whose processor is another one
+    (a copy made with another transform) reads around the cache (base_dataset.read_image)."""
 
-    def __init__(self, max_bytes: int, name: str = ""):
-        self.max_bytes, self.name = int(max_bytes), name
+    def __init__(self, max_bytes: int, name: str = "", processor=None):
+        self.max_bytes, self.name, self.processor = int(max_bytes), name, processor
         self.store: dict[str, object] = {}
         self.bytes = self.hits = self.misses = self.refused = 0
 
@@ -86,10 +88,10 @@ class ProcessedImageCache:
                 "refused": self.refused}
 
     def __getstate__(self):  # a spawned worker starts empty: copying the parent's tensors costs more
-        return {"max_bytes": self.max_bytes, "name": self.name}
+        return {"max_bytes": self.max_bytes, "name": self.name, "processor": self.processor}
 
     def __setstate__(self, state):
-        self.__init__(state["max_bytes"], state["name"])
+        self.__init__(state["max_bytes"], state["name"], state["processor"])
 
 
 def _nbytes(image) -> int:
@@ -125,7 +127,7 @@ def attach_memory_caches(run_cfg, datasets: dict) -> dict:
                 raise ValueError(f"run.image_memory_cache: {where} uses a random image transform "
                                  f"({type(processor).__name__}); caching it would repeat one augmentation "
                                  "every epoch. Use a deterministic processor or leave the split out")
-            cache = ProcessedImageCache(int(settings.max_gb * 2 ** 30), where)
+            cache = ProcessedImageCache(int(settings.max_gb * 2 ** 30), where, processor)
             dataset.memory_cache = cache
             caches[where] = cache
             logger.info("image memory cache: %s keeps up to %.1f GB of processed images", where, settings.max_gb)

@@ -165,7 +165,7 @@ class BaseDataset(Dataset):
 
     def read_image(self, rel: str) -> torch.Tensor:
         cache = self.__dict__.get("memory_cache")  # run.image_memory_cache (datasets/image_cache.py)
-        if cache is not None:
+        if cache is not None and cache.processor is self.vis_processor:
             path = self.image_path(rel)
             return cache.get_or_load(path, lambda: self._decode_and_process(path))
         return self._decode_and_process(self.image_path(rel))
