@@ -19,7 +19,6 @@ accepted by ``forward`` and go through the same processor and collator in-proces
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
@@ -123,15 +122,10 @@ class VisionLLMBase(Blip2Base):
         model = cls(**cls.constructor_kwargs(cfg))
         model.partial_load = bool(cfg.get("partial_load", False))  # a checkpoint lacking trainable keys raises
         if cfg.get("checkpoint"):
-            # a weights file, or a checkpoint / job folder of our runners (DeepSpeed ones consolidated):
-            # the next stage of a pipeline can start from the last one without an export step
-            path = llm_utils.resolve_local_path(cfg["checkpoint"], "checkpoint")
-            if os.path.isdir(path):
-                from lavis_lite.tools.export_checkpoint import load_checkpoint_state
-                model.load_checkpoint(load_checkpoint_state(path))
-                logger.info("loaded model.checkpoint %s", path)
-            else:
-                model.load_checkpoint(path)
+            # a weights file, an export folder, or a checkpoint / job folder of our runners (DeepSpeed ones
+            # consolidated): the next stage of a pipeline can start from the last one without an export step
+            from lavis_lite.inference_utils import load_weights
+            load_weights(model, llm_utils.resolve_local_path(cfg["checkpoint"], "checkpoint"))
         return model
 
     def _apply_freezing(self) -> None:
