@@ -53,7 +53,8 @@ def init_bert_tokenizer(vocab: str | None = "tiny", truncation_side: str = "righ
 
 class TextIdsMemo:
     """Batch BERT encoding with each distinct text tokenised once (``encode``): caption data sets repeat
-    their texts every epoch (the CPU demo's stage 1: ~100 distinct captions; a batch of 32: 0.51 -> 0.20 ms). Same ``input_ids`` / ``token_type_ids`` / ``attention_mask`` as ``tokenizer(texts, padding=...,
+    their texts every epoch (the CPU demo's stage 1: ~100 distinct captions; a batch of 32: 0.51 -> 0.20 ms).
+    Same ``input_ids`` / ``token_type_ids`` / ``attention_mask`` as ``tokenizer(texts, padding=...,
     truncation=True, max_length=...)`` (tests/test_blip2_qformer.py); at most ``max_entries`` texts are kept."""
 
     def __init__(self, tokenizer, max_length: int, max_entries: int = 200_000):

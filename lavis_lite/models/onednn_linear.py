@@ -91,9 +91,6 @@ class OneDNNLinear(nn.Linear):
         return self._weight_t_cache
 
 
-OneDNNFrozenLinear = OneDNNLinear  # the name before trained layers were covered
-
-
 def use_onednn_linear(module: nn.Module, enabled: bool = True) -> int:
     """Swap every plain ``nn.Linear`` under ``module`` to :class:`OneDNNLinear` (``enabled``) or
     back. Returns how many layers were changed. Subclasses of nn.Linear (e.g. quantised or LoRA layers)
